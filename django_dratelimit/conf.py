@@ -1,0 +1,113 @@
+"""Read ``settings.DRATELIMIT`` with defaults, at call time (so override_settings works)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    "ENABLED": True,
+    "ALGORITHM": "fixed_window",
+    "RULES": [],
+    "VIEW": "django_dratelimit.views.ratelimited",
+    "HEADERS": True,
+    "IP_META_KEY": None,
+    "IPV4_MASK": 32,
+    "IPV6_MASK": 64,
+    "MAX_KEYS": 100_000,
+    # Cluster sync
+    "CHANNEL_LAYER": "default",
+    "GROUP": "dratelimit",
+    "SYNC_INTERVAL": 0.05,
+    "ANTI_ENTROPY_INTERVAL": 5.0,
+    "MAX_MESSAGE_BUCKETS": 500,
+    "STARTUP_SYNC_WAIT": 0.0,
+    # Strict mode (reserved for the strict-mode issue)
+    "STRICT_CACHE": "default",
+    "STRICT_FAIL_OPEN": False,
+}
+
+
+class Settings:
+    """One typed property per key of ``settings.DRATELIMIT``."""
+
+    @property
+    def _user(self) -> dict[str, Any]:
+        value = getattr(settings, "DRATELIMIT", {})
+        return value if isinstance(value, dict) else {}
+
+    def _get(self, name: str) -> Any:
+        return self._user.get(name, DEFAULTS[name])
+
+    @property
+    def ENABLED(self) -> bool:
+        return bool(self._get("ENABLED"))
+
+    @property
+    def ALGORITHM(self) -> str:
+        return str(self._get("ALGORITHM"))
+
+    @property
+    def RULES(self) -> Sequence[dict[str, Any]]:
+        return self._get("RULES")  # type: ignore[no-any-return]
+
+    @property
+    def VIEW(self) -> str | Callable[..., Any]:
+        return self._get("VIEW")  # type: ignore[no-any-return]
+
+    @property
+    def HEADERS(self) -> bool:
+        return bool(self._get("HEADERS"))
+
+    @property
+    def IP_META_KEY(self) -> str | Callable[..., Any] | None:
+        return self._get("IP_META_KEY")  # type: ignore[no-any-return]
+
+    @property
+    def IPV4_MASK(self) -> int:
+        return int(self._get("IPV4_MASK"))
+
+    @property
+    def IPV6_MASK(self) -> int:
+        return int(self._get("IPV6_MASK"))
+
+    @property
+    def MAX_KEYS(self) -> int:
+        return int(self._get("MAX_KEYS"))
+
+    @property
+    def CHANNEL_LAYER(self) -> str | None:
+        return self._get("CHANNEL_LAYER")  # type: ignore[no-any-return]
+
+    @property
+    def GROUP(self) -> str:
+        return str(self._get("GROUP"))
+
+    @property
+    def SYNC_INTERVAL(self) -> float:
+        return float(self._get("SYNC_INTERVAL"))
+
+    @property
+    def ANTI_ENTROPY_INTERVAL(self) -> float:
+        return float(self._get("ANTI_ENTROPY_INTERVAL"))
+
+    @property
+    def MAX_MESSAGE_BUCKETS(self) -> int:
+        return int(self._get("MAX_MESSAGE_BUCKETS"))
+
+    @property
+    def STARTUP_SYNC_WAIT(self) -> float:
+        return float(self._get("STARTUP_SYNC_WAIT"))
+
+    @property
+    def STRICT_CACHE(self) -> str:
+        return str(self._get("STRICT_CACHE"))
+
+    @property
+    def STRICT_FAIL_OPEN(self) -> bool:
+        return bool(self._get("STRICT_FAIL_OPEN"))
+
+
+conf = Settings()

@@ -1,0 +1,58 @@
+"""Answers to the management command: what this node holds, and resets it is asked for."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+from .store import ResetState
+
+if TYPE_CHECKING:
+    from .sync import SyncNode
+
+MAX_INSPECT_BUCKETS = 5_000
+
+
+def inspect_answer(node: SyncNode, message: dict[str, Any]) -> dict[str, Any]:
+    """This node's info and its live buckets, filtered as the command asked."""
+    group = message.get("group")
+    key = message.get("key")
+    limit = message.get("limit")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        limit = MAX_INSPECT_BUCKETS
+    states = node.store.live_states(node.clock())
+    if isinstance(group, str) and group:
+        states = [s for s in states if s.group == group]
+    if isinstance(key, str) and key:
+        states = [s for s in states if key in s.key]
+    states.sort(key=lambda s: -s.total)
+    return {
+        "type": protocol.REPLY,
+        "v": protocol.VERSION,
+        "node": node.store.origin,
+        "request": message.get("request"),
+        "info": node.node_info(),
+        "buckets": protocol.encode_buckets(states[: min(limit, MAX_INSPECT_BUCKETS)]),
+        "truncated": len(states) > limit,
+    }
+
+
+def apply_reset_request(node: SyncNode, message: dict[str, Any]) -> dict[str, Any]:
+    """Apply a reset sent to the whole group; the generation makes it idempotent."""
+    now = node.clock()
+    (reset,) = protocol.decode_resets(
+        [[message.get("group"), message.get("key"), message.get("generation")]], now
+    )
+    removed = node.store.apply_resets([reset])
+    node.metrics.resets_applied += 1
+    return {
+        "type": protocol.REPLY,
+        "v": protocol.VERSION,
+        "node": node.store.origin,
+        "request": message.get("request"),
+        "info": node.node_info(),
+        "removed": removed,
+    }
+
+
+__all__ = ["ResetState", "apply_reset_request", "inspect_answer"]

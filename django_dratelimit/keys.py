@@ -1,0 +1,183 @@
+"""Turn a request into the key it is counted under.
+
+A key function returns ``None`` when it has nothing to count the request by
+(an anonymous user for ``user``, a missing header for ``header:X``): the limit
+then does not apply to that request. We chose this over a shared empty key,
+which would let one client exhaust the limit for everybody who lacks the value.
+Cover such requests with a second rule on ``ip``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from .conf import conf
+from .logutil import log_throttled
+
+KeyFunc: TypeAlias = Callable[[str, HttpRequest], "str | None"]
+MAX_KEY_BYTES = 256
+
+
+class InvalidKey(ValueError):
+    """A key specification that names no known key type."""
+
+
+@functools.lru_cache(maxsize=4096)
+def mask_ip(address: str, ipv4_mask: int, ipv6_mask: int) -> str | None:
+    """Mask an address to its network (IPv4 /32, IPv6 /64 by default); None if invalid."""
+    address = address.strip()
+    if address.startswith("[") and "]" in address:  # [v6]:port
+        address = address[1 : address.index("]")]
+    elif address.count(":") == 1:  # v4:port
+        address = address.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = ipv4_mask if ip.version == 4 else ipv6_mask
+    network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+    return str(network.network_address) if prefix < ip.max_prefixlen else str(ip)
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The client address, from REMOTE_ADDR or IP_META_KEY, masked."""
+    source = conf.IP_META_KEY
+    raw: Any
+    if source is None:
+        raw = request.META.get("REMOTE_ADDR")
+    elif callable(source):
+        raw = source(request)
+    elif "." in source:
+        raw = import_string(source)(request)
+    else:
+        raw = request.META.get(source)
+        if isinstance(raw, str) and "," in raw:
+            # X-Forwarded-For: the right-most entry was added by your own proxy;
+            # the left-most is whatever the client chose to send.
+            raw = raw.rsplit(",", 1)[1]
+    if not raw or not isinstance(raw, str):
+        return None
+    return mask_ip(raw, conf.IPV4_MASK, conf.IPV6_MASK)
+
+
+def _user(group: str, request: HttpRequest) -> str | None:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    return str(user.pk)
+
+
+def _ip(group: str, request: HttpRequest) -> str | None:
+    return client_ip(request)
+
+
+def _user_or_ip(group: str, request: HttpRequest) -> str | None:
+    user_key = _user(group, request)
+    if user_key is not None:
+        return f"user:{user_key}"
+    ip = client_ip(request)
+    return None if ip is None else f"ip:{ip}"
+
+
+def _meta_key(name: str) -> str:
+    name = name.upper().replace("-", "_")
+    if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        return name
+    return f"HTTP_{name}"
+
+
+def _header(name: str) -> KeyFunc:
+    meta = _meta_key(name)
+
+    def header_key(group: str, request: HttpRequest) -> str | None:
+        value = request.META.get(meta)
+        return value if value else None
+
+    return header_key
+
+
+def _query(name: str, source: str) -> KeyFunc:
+    def query_key(group: str, request: HttpRequest) -> str | None:
+        value = getattr(request, source).get(name)
+        return value if value else None
+
+    return query_key
+
+
+_SIMPLE: dict[str, KeyFunc] = {"ip": _ip, "user": _user, "user_or_ip": _user_or_ip}
+_PREFIXED = {
+    "header": _header,
+    "get": lambda n: _query(n, "GET"),
+    "post": lambda n: _query(n, "POST"),
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_key(spec: object) -> KeyFunc:
+    """Turn a key specification into a function ``(group, request) -> str | None``."""
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise InvalidKey(f"key {spec!r} must be a string or a callable")
+    if spec in _SIMPLE:
+        return _SIMPLE[spec]
+    kind, sep, name = spec.partition(":")
+    if sep:
+        if kind in _PREFIXED and name:
+            return _PREFIXED[kind](name)  # type: ignore[no-untyped-call]
+        raise InvalidKey(
+            f"key {spec!r} has an unknown type {kind!r}; use header:NAME, get:NAME or post:NAME"
+        )
+    if "." in spec:
+        try:
+            loaded = import_string(spec)
+        except ImportError as exc:
+            raise InvalidKey(f"key {spec!r} is a dotted path that does not import: {exc}") from exc
+        if not callable(loaded):
+            raise InvalidKey(f"key {spec!r} does not name a callable")
+        return loaded  # type: ignore[no-any-return]
+    raise InvalidKey(
+        f"key {spec!r} is unknown; use ip, user, user_or_ip, header:NAME, get:NAME, post:NAME, "
+        "a callable or a dotted path to one"
+    )
+
+
+def normalize(value: object) -> str | None:
+    """A key as stored: a str of at most 256 UTF-8 bytes (longer ones are hashed)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_KEY_BYTES // 4:
+        raw = text.encode("utf-8", "surrogateescape")
+        if len(raw) > MAX_KEY_BYTES:
+            return "sha256:" + hashlib.sha256(raw).hexdigest()
+    return text
+
+
+def resolve_key(spec: object, group: str, request: HttpRequest) -> str | None:
+    """The key this request counts under, or None; a key function that raises is logged."""
+    func = compile_key(spec)
+    try:
+        return normalize(func(group, request))
+    except Exception:
+        name = getattr(func, "__qualname__", repr(func))
+        log_throttled(
+            f"key:{name}",
+            logging.ERROR,
+            "dratelimit: key function %s raised for group %r; the request is not counted",
+            name,
+            group,
+            every=60.0,
+            exc_info=True,
+        )
+        return None

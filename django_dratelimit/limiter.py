@@ -1,0 +1,232 @@
+"""The limiter facade: ``hit``, ``get`` and ``reset`` on a (group, key, rate) triple.
+
+One instance per process, built lazily from settings and dropped when they change::
+
+    from django_dratelimit.limiter import limiter
+
+    usage = limiter.hit("password-reset", email, "3/h")
+    if not usage.allowed:
+        ...  # usage.retry_after seconds to wait
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .algorithms import SLIDING_WINDOW, sliding_window
+from .conf import conf
+from .rates import Rate, parse_rate
+from .store import CounterStore
+from .usage import Usage, most_restrictive
+
+if TYPE_CHECKING:
+    from .sync import SyncThread
+
+Clock = Callable[[], float]
+
+
+class Limiter:
+    """Counts hits in the local store and decides; never touches the network."""
+
+    def __init__(
+        self,
+        store: CounterStore | None = None,
+        clock: Clock = time.time,
+        sync: bool = True,
+    ) -> None:
+        self.store = store if store is not None else CounterStore(conf.MAX_KEYS)
+        self.clock = clock
+        self.sync: SyncThread | None = None
+        # False until the first use; then the sync thread is started (if configured).
+        self._sync_checked = not sync
+        self._sync_lock = threading.Lock()
+
+    # -- public API --------------------------------------------------------
+
+    def hit(
+        self,
+        group: str,
+        key: str,
+        rate: Any,
+        *,
+        algorithm: str | None = None,
+        cost: int = 1,
+        name: str = "",
+    ) -> Usage:
+        """Count ``cost`` hits for ``key`` and say whether the limit is exceeded."""
+        return self.check(group, key, _rates(rate), algorithm or conf.ALGORITHM, cost, name)
+
+    def get(
+        self, group: str, key: str, rate: Any, *, algorithm: str | None = None, name: str = ""
+    ) -> Usage:
+        """The usage of ``key`` without counting a hit."""
+        return self.check(group, key, _rates(rate), algorithm or conf.ALGORITHM, 0, name)
+
+    def reset(self, group: str, key: str | None = None) -> int:
+        """Forget the counts of ``key`` (or of the whole group) on every process.
+
+        Returns how many buckets this process dropped; the reset travels to the
+        other processes with the next sync round.
+        """
+        self._ensure_sync()
+        return self.store.reset(group, key)
+
+    # -- core ------------------------------------------------------------------
+
+    def check(
+        self,
+        group: str,
+        key: str,
+        rates: tuple[Rate, ...],
+        algorithm: str,
+        cost: int,
+        name: str = "",
+    ) -> Usage:
+        if not self._sync_checked:
+            self._ensure_sync()
+        now = self.clock()
+        store = self.store
+        usages = []
+        for rate in rates:
+            period = rate.period
+            limit = rate.limit
+            start = int(now // period) * period
+            bucket_key = (group, key, period, start)
+            current = store.add(bucket_key, cost, now) if cost else store.total(bucket_key)
+            end = start + period
+            if algorithm == SLIDING_WINDOW:
+                previous = store.total((group, key, period, start - period))
+                count, limited, time_left = sliding_window(previous, current, limit, period, now)
+            else:
+                count, limited, time_left = current, current > limit, end - now
+            usages.append(
+                Usage(
+                    group,
+                    key,
+                    count,
+                    limit,
+                    period,
+                    limited,
+                    time_left,
+                    now + time_left,
+                    algorithm,
+                    name,
+                )
+            )
+        if len(usages) == 1:
+            return usages[0]
+        decisive = most_restrictive(usages)
+        return Usage(
+            decisive.group,
+            decisive.key,
+            decisive.count,
+            decisive.limit,
+            decisive.period,
+            decisive.should_limit,
+            decisive.time_left,
+            decisive.reset_at,
+            algorithm,
+            name,
+            tuple(usages),
+        )
+
+    # -- sync --------------------------------------------------------------------
+
+    def _ensure_sync(self) -> None:
+        with self._sync_lock:
+            if self._sync_checked:
+                return
+            self._sync_checked = True
+            from .sync import start_sync
+
+            self.sync = start_sync(self.store)
+
+    def close(self) -> None:
+        """Stop the sync thread (tests, clean shutdown)."""
+        with self._sync_lock:
+            sync, self.sync = self.sync, None
+        if sync is not None:
+            sync.stop()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's sync thread does not exist here; start our own on first use.
+        self._sync_lock = threading.Lock()
+        if self.sync is not None:
+            self.sync = None
+            self._sync_checked = False
+
+
+def _rates(rate: Any) -> tuple[Rate, ...]:
+    if isinstance(rate, tuple) and rate and isinstance(rate[0], Rate):
+        return rate
+    parsed = parse_rate(rate)
+    if parsed is None:
+        raise ValueError("rate None means no limit: there is nothing to hit")
+    return parsed
+
+
+_limiter: Limiter | None = None
+_limiter_lock = threading.Lock()
+
+
+def get_limiter() -> Limiter:
+    """This process's limiter, built from settings on first use."""
+    current = _limiter
+    if current is not None:
+        return current
+    return _build_limiter()
+
+
+def _build_limiter() -> Limiter:
+    global _limiter
+    with _limiter_lock:
+        if _limiter is None:
+            _limiter = Limiter()
+        return _limiter
+
+
+def set_limiter(new: Limiter | None) -> Limiter | None:
+    """Swap this process's limiter (tests); closes the old one. Returns the old one."""
+    global _limiter
+    with _limiter_lock:
+        old, _limiter = _limiter, new
+    if old is not None and old is not new:
+        old.close()
+    return old
+
+
+@receiver(setting_changed)
+def _drop_limiter(setting: str, **kwargs: Any) -> None:
+    if setting in ("DRATELIMIT", "CHANNEL_LAYERS"):
+        set_limiter(None)
+
+
+def _after_fork() -> None:
+    if _limiter is not None:
+        _limiter._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class _LimiterProxy:
+    """``limiter.hit(...)`` always reaches the current process's limiter."""
+
+    def hit(self, group: str, key: str, rate: Any, **kwargs: Any) -> Usage:
+        return get_limiter().hit(group, key, rate, **kwargs)
+
+    def get(self, group: str, key: str, rate: Any, **kwargs: Any) -> Usage:
+        return get_limiter().get(group, key, rate, **kwargs)
+
+    def reset(self, group: str, key: str | None = None) -> int:
+        return get_limiter().reset(group, key)
+
+
+limiter = _LimiterProxy()

@@ -1,0 +1,108 @@
+"""``RateLimitMiddleware``: applies RULES and turns Ratelimited into a 429."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.module_loading import import_string
+
+from .conf import conf
+from .decorators import USAGES_ATTR, record
+from .exceptions import Ratelimited
+from .headers import set_headers
+from .keys import resolve_key
+from .limiter import get_limiter
+from .rates import resolve_rate
+from .rules import get_rules
+from .usage import Usage, most_restrictive
+
+
+@functools.lru_cache(maxsize=16)
+def _load_view(path: str) -> Callable[..., HttpResponseBase]:
+    return import_string(path)  # type: ignore[no-any-return]
+
+
+def limited_response(request: HttpRequest, exception: Ratelimited) -> HttpResponseBase:
+    """The configured VIEW's answer to a limited request."""
+    view = conf.VIEW
+    func = _load_view(view) if isinstance(view, str) else view
+    return func(request, exception)
+
+
+class RateLimitMiddleware:
+    """One middleware for sync and async stacks; the logic lives in plain sync helpers."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(
+        self,
+        get_response: Callable[[HttpRequest], HttpResponseBase]
+        | Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+    ) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        response = self.apply_rules(request)
+        if response is None:
+            response = self.get_response(request)  # type: ignore[assignment]
+        return self.add_headers(request, response)  # type: ignore[arg-type]
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.apply_rules(request)
+        if response is None:
+            response = await self.get_response(request)  # type: ignore[misc]
+        return self.add_headers(request, response)
+
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
+        if isinstance(exception, Ratelimited):
+            return limited_response(request, exception)
+        return None
+
+    @staticmethod
+    def apply_rules(request: HttpRequest) -> HttpResponseBase | None:
+        """Count the request against every matching rule; a 429 if one blocks it."""
+        if not conf.ENABLED:
+            return None
+        rules = get_rules()
+        if not rules:
+            return None
+        path = request.path_info
+        limiter = get_limiter()
+        blocking: Usage | None = None
+        for rule in rules:
+            if not rule.matches(path, request.method):
+                continue
+            rates = resolve_rate(rule.rate, rule.name, request)
+            if rates is None:
+                continue
+            key = resolve_key(rule.key, rule.name, request)
+            if key is None:
+                continue
+            usage = limiter.check(
+                rule.name, key, rates, rule.algorithm or conf.ALGORITHM, 1, rule.name
+            )
+            record(request, usage)
+            if usage.should_limit and rule.block and blocking is None:
+                blocking = usage
+        if blocking is not None:
+            return limited_response(request, Ratelimited(blocking))
+        return None
+
+    @staticmethod
+    def add_headers(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        usages: list[Usage] | None = getattr(request, USAGES_ATTR, None)
+        if usages and conf.HEADERS and "RateLimit" not in response.headers:
+            set_headers(response, most_restrictive(usages))
+        return response

@@ -1,0 +1,151 @@
+"""Parse rate specifications such as ``"5/m"``, ``"10/5m"`` or ``"10/s;500/h"``."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+UNITS: dict[str, int] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+UNIT_NAMES: dict[str, str] = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+# A rate period longer than this is almost certainly a typo (and would keep
+# buckets in memory for months).
+MAX_PERIOD = 31 * 86400
+MAX_LIMIT = 10**9
+
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-zA-Z]+)\s*$")
+
+
+class InvalidRate(ValueError):
+    """A rate specification that cannot be understood."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``limit`` hits per ``period`` seconds."""
+
+    limit: int
+    period: int
+
+    def __str__(self) -> str:
+        for unit, seconds in sorted(UNITS.items(), key=lambda item: -item[1]):
+            if self.period % seconds == 0:
+                multiple = self.period // seconds
+                return f"{self.limit}/{multiple if multiple != 1 else ''}{unit}"
+        return f"{self.limit}/{self.period}s"  # pragma: no cover - every int divides by 1
+
+
+RateSpec: TypeAlias = "str | tuple[int, int] | Callable[[str, HttpRequest], Any] | None"
+
+
+def _check_bounds(limit: int, period: int, text: object) -> Rate:
+    if limit < 0 or limit > MAX_LIMIT:
+        raise InvalidRate(f"rate {text!r}: the count must be between 0 and {MAX_LIMIT}")
+    if period < 1:
+        raise InvalidRate(f"rate {text!r}: the period must be at least one second")
+    if period > MAX_PERIOD:
+        raise InvalidRate(f"rate {text!r}: the period must be at most 31 days")
+    return Rate(limit, period)
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_rate_string(text: str) -> tuple[Rate, ...]:
+    """Parse ``"5/m"`` or ``"10/s;500/h"``; raise InvalidRate naming what is wrong."""
+    parts = [part for part in text.split(";")]
+    if not text.strip() or any(not part.strip() for part in parts):
+        raise InvalidRate(f"rate {text!r} is empty; expected something like '5/m'")
+    rates = []
+    for part in parts:
+        match = _RATE_RE.match(part)
+        if match is None:
+            raise InvalidRate(
+                f"rate {part.strip()!r} is malformed; expected COUNT/[MULTIPLE]UNIT, e.g. "
+                "'5/m' or '10/5m'"
+            )
+        count, multiple, unit = match.groups()
+        if unit not in UNITS:
+            raise InvalidRate(
+                f"rate {part.strip()!r} has an unknown unit {unit!r}; use s, m, h or d "
+                "(lower case: 'M' is not read as minutes)"
+            )
+        factor = int(multiple) if multiple else 1
+        if factor == 0:
+            raise InvalidRate(f"rate {part.strip()!r} has a zero period")
+        rates.append(_check_bounds(int(count), factor * UNITS[unit], part.strip()))
+    return tuple(rates)
+
+
+def parse_rate(value: object) -> tuple[Rate, ...] | None:
+    """Turn a static rate (string, ``(count, seconds)`` tuple, Rate or None) into Rates."""
+    if value is None:
+        return None
+    if isinstance(value, Rate):
+        return (value,)
+    if isinstance(value, str):
+        return parse_rate_string(value)
+    if isinstance(value, tuple | list) and len(value) == 2:
+        count, seconds = value
+        if isinstance(count, bool) or isinstance(seconds, bool):
+            raise InvalidRate(f"rate {value!r}: count and seconds must be integers")
+        if not isinstance(count, int) or not isinstance(seconds, int):
+            raise InvalidRate(f"rate {value!r}: count and seconds must be integers")
+        return (_check_bounds(count, seconds, value),)
+    raise InvalidRate(
+        f"rate {value!r} is not a string like '5/m', a (count, seconds) tuple, a callable or None"
+    )
+
+
+def is_dynamic(value: object) -> bool:
+    """True for a callable or a dotted path: rates that depend on the request."""
+    if callable(value):
+        return True
+    return isinstance(value, str) and "/" not in value and "." in value
+
+
+def load_rate_callable(value: object) -> Callable[[str, HttpRequest], Any]:
+    """Resolve a callable or a dotted path to one."""
+    if callable(value):
+        return value
+    if isinstance(value, str):
+        try:
+            loaded = import_string(value)
+        except ImportError as exc:
+            raise InvalidRate(
+                f"rate {value!r} is a dotted path that does not import: {exc}"
+            ) from exc
+        if not callable(loaded):
+            raise InvalidRate(f"rate {value!r} does not name a callable")
+        return loaded  # type: ignore[no-any-return]
+    raise InvalidRate(f"rate {value!r} is not callable")
+
+
+def validate_rate(value: object) -> None:
+    """Raise InvalidRate if the static or dotted-path rate is unusable (for system checks)."""
+    if is_dynamic(value):
+        load_rate_callable(value)
+    else:
+        parse_rate(value)
+
+
+def resolve_rate(value: object, group: str, request: HttpRequest | None) -> tuple[Rate, ...] | None:
+    """The rates that apply to this request; a callable is called with (group, request)."""
+    if is_dynamic(value):
+        return parse_rate(load_rate_callable(value)(group, request))  # type: ignore[arg-type]
+    return parse_rate(value)
+
+
+def describe(rate: Rate) -> str:
+    """Human text for a rate, e.g. ``5 per 1 minute``."""
+    for unit, seconds in sorted(UNITS.items(), key=lambda item: -item[1]):
+        if rate.period % seconds == 0:
+            multiple = rate.period // seconds
+            name = UNIT_NAMES[unit] + ("s" if multiple != 1 else "")
+            return f"{rate.limit} per {multiple} {name}"
+    return f"{rate.limit} per {rate.period} seconds"  # pragma: no cover

@@ -1,0 +1,308 @@
+"""The in-process counter store: one G-counter per (group, key, period, window).
+
+Each bucket holds, per origin process, how many hits that origin counted in the
+window. This process only ever increments its own origin (``local``); counts
+of other origins arrive through :meth:`CounterStore.merge` and are max-merged,
+which makes lost, repeated and reordered sync messages harmless.
+
+A reset is a *generation*: the wall-clock time (ns) of the reset, kept per key
+or per group. Buckets of an older generation are dropped and can never come
+back through a merge, so a reset wins over the max-merge cluster-wide.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+logger = logging.getLogger("django_dratelimit")
+
+BucketKey = tuple[str, str, int, int]  # group, key, period, window start
+EVICTION_WARNING_EVERY = 60.0
+# Resets are remembered long enough to outlive any bucket they cancel (2 x the longest period).
+RESET_TTL = 2 * 31 * 86400
+
+
+class BucketState(NamedTuple):
+    """What travels between processes for one bucket: absolute counts per origin."""
+
+    group: str
+    key: str
+    period: int
+    window_start: int
+    generation: int
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class ResetState(NamedTuple):
+    """A reset of one key (or of a whole group when ``key`` is None)."""
+
+    group: str
+    key: str | None
+    generation: int
+
+
+class Bucket:
+    __slots__ = ("expires_at", "generation", "local", "remote", "total")
+
+    def __init__(self, generation: int, expires_at: float) -> None:
+        self.local = 0
+        self.remote: dict[str, int] = {}
+        self.total = 0
+        self.generation = generation
+        self.expires_at = expires_at
+
+
+def new_node_id() -> str:
+    return uuid.uuid4().hex
+
+
+class CounterStore:
+    """Thread-safe, bounded, in-memory counters for this process."""
+
+    def __init__(self, max_keys: int = 100_000, origin: str | None = None) -> None:
+        self.origin = origin or new_node_id()
+        self.max_keys = max_keys
+        self._lock = threading.Lock()
+        self._buckets: dict[BucketKey, Bucket] = {}
+        self._expiry: list[tuple[float, BucketKey]] = []
+        self._next_sweep = 0.0
+        self._key_gens: dict[tuple[str, str], int] = {}
+        self._group_gens: dict[str, int] = {}
+        self._dirty: set[BucketKey] = set()
+        self._pending_resets: list[ResetState] = []
+        self._last_eviction_warning = float("-inf")
+        self.evictions = 0
+        # Set by the sync thread: track what changed, and (SYNC_INTERVAL = 0) wake it per hit.
+        self.track_dirty = False
+        self.on_hit: Callable[[BucketKey], None] | None = None
+        _STORES.add(self)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    # -- the request path -------------------------------------------------
+
+    def add(self, bucket_key: BucketKey, amount: int, now: float) -> int:
+        """Count ``amount`` hits of this process in a bucket; return the bucket's total."""
+        with self._lock:
+            bucket = self._buckets.get(bucket_key)
+            if bucket is None:
+                bucket = self._create(bucket_key, now)
+            bucket.local += amount
+            bucket.total += amount
+            total = bucket.total
+            if self.track_dirty:
+                self._dirty.add(bucket_key)
+        on_hit = self.on_hit
+        if on_hit is not None:
+            on_hit(bucket_key)
+        return total
+
+    def total(self, bucket_key: BucketKey) -> int:
+        """The cluster-wide total this process knows of (a dict read is atomic)."""
+        bucket = self._buckets.get(bucket_key)
+        return bucket.total if bucket is not None else 0
+
+    def _create(self, bucket_key: BucketKey, now: float, generation: int | None = None) -> Bucket:
+        # Caller holds the lock.
+        if now >= self._next_sweep:
+            self._sweep(now)
+        if len(self._buckets) >= self.max_keys:
+            self._evict_oldest(now)
+        group, key, period, start = bucket_key
+        if generation is None:
+            generation = self._generation(group, key)
+        bucket = Bucket(generation, start + 2 * period)
+        self._buckets[bucket_key] = bucket
+        heapq.heappush(self._expiry, (bucket.expires_at, bucket_key))
+        return bucket
+
+    def _generation(self, group: str, key: str) -> int:
+        return max(self._key_gens.get((group, key), 0), self._group_gens.get(group, 0))
+
+    def _sweep(self, now: float) -> None:
+        """Drop buckets whose window (kept one extra period for sliding windows) ended."""
+        self._next_sweep = now + 1.0
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            _expires_at, bucket_key = heapq.heappop(expiry)
+            bucket = self._buckets.get(bucket_key)
+            if bucket is not None and bucket.expires_at <= now:
+                del self._buckets[bucket_key]
+                self._dirty.discard(bucket_key)
+        if len(self._expiry) > 2 * len(self._buckets) + 1024:
+            # Evictions and resets leave stale heap entries; rebuild now and then.
+            self._expiry = [(b.expires_at, k) for k, b in self._buckets.items()]
+            heapq.heapify(self._expiry)
+        horizon = time.time_ns() - RESET_TTL * 1_000_000_000
+        if self._key_gens and len(self._key_gens) > self.max_keys:
+            self._key_gens = {k: g for k, g in self._key_gens.items() if g > horizon}
+
+    def _evict_oldest(self, now: float) -> None:
+        oldest = next(iter(self._buckets))
+        del self._buckets[oldest]
+        self._dirty.discard(oldest)
+        self.evictions += 1
+        if now - self._last_eviction_warning >= EVICTION_WARNING_EVERY:
+            self._last_eviction_warning = now
+            logger.warning(
+                "dratelimit: more than MAX_KEYS=%d buckets in this process; evicting the "
+                "oldest (%d evicted so far). Raise DRATELIMIT['MAX_KEYS'] if this is "
+                "legitimate traffic.",
+                self.max_keys,
+                self.evictions,
+            )
+
+    # -- the sync thread ----------------------------------------------------
+
+    def _state(self, bucket_key: BucketKey, bucket: Bucket) -> BucketState:
+        counts = dict(bucket.remote)
+        if bucket.local:
+            counts[self.origin] = bucket.local
+        return BucketState(*bucket_key, bucket.generation, counts)
+
+    def take_dirty(self) -> list[BucketState]:
+        """The buckets changed by local hits since the last call, with absolute counts."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            buckets = self._buckets
+            return [self._state(k, buckets[k]) for k in dirty if k in buckets]
+
+    def mark_dirty(self, bucket_keys: Iterable[BucketKey]) -> None:
+        """Put keys back (a send failed), so the next round retries them."""
+        with self._lock:
+            self._dirty.update(k for k in bucket_keys if k in self._buckets)
+
+    def states(self, bucket_keys: Iterable[BucketKey]) -> list[BucketState]:
+        with self._lock:
+            buckets = self._buckets
+            return [self._state(k, buckets[k]) for k in bucket_keys if k in buckets]
+
+    def live_states(self, now: float, own_only: bool = False) -> list[BucketState]:
+        """Every live bucket (``own_only``: those this process has hits in)."""
+        with self._lock:
+            return [
+                self._state(k, b)
+                for k, b in self._buckets.items()
+                if b.expires_at > now and (b.local or not own_only)
+            ]
+
+    def merge(self, states: Iterable[BucketState], now: float) -> int:
+        """Max-merge other origins' absolute counts; return how many buckets grew."""
+        changed = 0
+        with self._lock:
+            for state in states:
+                group, key, period, start, generation, counts = state
+                if start + 2 * period <= now:
+                    continue
+                current = self._generation(group, key)
+                if generation < current:
+                    continue  # counted before a reset this process already knows of
+                if generation > current:
+                    self._apply_reset(ResetState(group, key, generation))
+                bucket_key = (group, key, period, start)
+                bucket = self._buckets.get(bucket_key)
+                if bucket is None:
+                    bucket = self._create(bucket_key, now, generation)
+                grew = False
+                remote = bucket.remote
+                for origin, count in counts.items():
+                    if origin == self.origin:
+                        continue  # this process is the authority on its own count
+                    known = remote.get(origin, 0)
+                    if count > known:
+                        remote[origin] = count
+                        bucket.total += count - known
+                        grew = True
+                changed += grew
+        return changed
+
+    # -- resets ----------------------------------------------------------------
+
+    def reset(self, group: str, key: str | None = None, generation: int | None = None) -> int:
+        """Forget a key (or a whole group) from now on; return how many buckets went."""
+        reset = ResetState(group, key, generation or time.time_ns())
+        with self._lock:
+            removed = self._apply_reset(reset)
+            if self.track_dirty:
+                self._pending_resets.append(reset)
+        return removed
+
+    def apply_resets(self, resets: Iterable[ResetState]) -> int:
+        """Apply resets heard from other processes (idempotent)."""
+        with self._lock:
+            return sum(self._apply_reset(reset) for reset in resets)
+
+    def _apply_reset(self, reset: ResetState) -> int:
+        group, key, generation = reset
+        if key is None:
+            if self._group_gens.get(group, 0) >= generation:
+                return 0
+            self._group_gens[group] = generation
+        else:
+            if self._generation(group, key) >= generation:
+                return 0
+            self._key_gens[(group, key)] = generation
+        doomed = [
+            k
+            for k, b in self._buckets.items()
+            if k[0] == group and (key is None or k[1] == key) and b.generation < generation
+        ]
+        for bucket_key in doomed:
+            del self._buckets[bucket_key]
+            self._dirty.discard(bucket_key)
+        return len(doomed)
+
+    def take_pending_resets(self) -> list[ResetState]:
+        with self._lock:
+            pending, self._pending_resets = self._pending_resets, []
+            return pending
+
+    def reset_states(self) -> list[ResetState]:
+        """Every reset still remembered, for anti-entropy and late joiners."""
+        with self._lock:
+            horizon = time.time_ns() - RESET_TTL * 1_000_000_000
+            groups = [ResetState(g, None, gen) for g, gen in self._group_gens.items()]
+            keys = [ResetState(g, k, gen) for (g, k), gen in self._key_gens.items()]
+            return [r for r in groups + keys if r.generation > horizon]
+
+    # -- fork ------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        # The lock may have been held by a thread that does not exist in the child.
+        self._lock = threading.Lock()
+        parent = self.origin
+        self.origin = new_node_id()
+        # Hits counted before the fork are the parent's: keep them under its origin,
+        # so two children cannot both claim (and double) them.
+        for bucket in self._buckets.values():
+            if bucket.local:
+                bucket.remote[parent] = max(bucket.remote.get(parent, 0), bucket.local)
+                bucket.local = 0
+        self._dirty = set()
+        self._pending_resets = []
+        self.track_dirty = False
+        self.on_hit = None
+
+
+_STORES: weakref.WeakSet[CounterStore] = weakref.WeakSet()
+
+
+def _reinit_stores_after_fork() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_stores_after_fork)

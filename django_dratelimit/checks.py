@@ -42,6 +42,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 1,
             )
         )
+
     def get(name: str) -> Any:
         return raw.get(name, DEFAULTS[name])
 

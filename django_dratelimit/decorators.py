@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from .algorithms import ALGORITHMS
 from .core import ALL, Method, default_group, get_usage
 from .exceptions import Ratelimited
-from .keys import compile_key
+from .keys import USER_KEYS, aload_user, compile_key
 from .rates import is_dynamic, parse_rate
 from .usage import Usage
 
@@ -52,6 +52,8 @@ def ratelimit(
     if algorithm is not None and algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
 
+    loads_user = isinstance(key, str) and key in USER_KEYS
+
     def decorator(fn: F) -> F:
         name = group if group is not None else default_group(fn)
 
@@ -76,6 +78,8 @@ def ratelimit(
 
             @functools.wraps(fn)
             async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if loads_user:
+                    await aload_user(request)
                 before(request)
                 return await fn(request, *args, **kwargs)
 

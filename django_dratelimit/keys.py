@@ -152,6 +152,20 @@ def compile_key(spec: object) -> KeyFunc:
     )
 
 
+USER_KEYS = frozenset({"user", "user_or_ip"})
+
+
+async def aload_user(request: HttpRequest) -> None:
+    """Resolve ``request.user`` the async way before a sync key function reads it.
+
+    Under ASGI, ``request.user`` is a lazy object whose first use queries the
+    database, which Django forbids from async code; ``request.auser()`` does not.
+    """
+    auser = getattr(request, "auser", None)
+    if auser is not None:
+        request.user = await auser()
+
+
 def normalize(value: object) -> str | None:
     """A key as stored: a str of at most 256 UTF-8 bytes (longer ones are hashed)."""
     if value is None:

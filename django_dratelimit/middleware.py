@@ -14,7 +14,7 @@ from .conf import conf
 from .decorators import USAGES_ATTR, record
 from .exceptions import Ratelimited
 from .headers import set_headers
-from .keys import resolve_key
+from .keys import USER_KEYS, aload_user, resolve_key
 from .limiter import get_limiter
 from .rates import resolve_rate
 from .rules import get_rules
@@ -58,6 +58,8 @@ class RateLimitMiddleware:
         return self.add_headers(request, response)  # type: ignore[arg-type]
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if self.rules_need_user(request):
+            await aload_user(request)
         response = self.apply_rules(request)
         if response is None:
             response = await self.get_response(request)  # type: ignore[misc]
@@ -69,6 +71,14 @@ class RateLimitMiddleware:
         if isinstance(exception, Ratelimited):
             return limited_response(request, exception)
         return None
+
+    @staticmethod
+    def rules_need_user(request: HttpRequest) -> bool:
+        path, method = request.path_info, request.method
+        return any(
+            isinstance(rule.key, str) and rule.key in USER_KEYS and rule.matches(path, method)
+            for rule in get_rules()
+        )
 
     @staticmethod
     def apply_rules(request: HttpRequest) -> HttpResponseBase | None:

@@ -80,14 +80,16 @@ class SyncNode:
         from .consumers import RateLimitConsumer
 
         self._loop = asyncio.get_running_loop()
-        self.channel = await self.layer.new_channel()
-        self.consumer = RateLimitConsumer(self)
         self.store.track_dirty = True
         if self.interval == 0:
             self._hits = asyncio.Queue()
             self.store.on_hit = self._queue_hit
-        if not await self._attempt(self._join_and_announce):
-            self._degraded = True
+        # The pub/sub layer subscribes here, so even this needs the broker.
+        while not await self._attempt(self._open_channel):
+            self.joined.set()
+            await asyncio.sleep(self._backoff())
+        self.consumer = RateLimitConsumer(self)
+        await self._attempt(self._join_and_announce)
         self.joined.set()
         tasks = [
             asyncio.ensure_future(self._receive_loop()),
@@ -207,6 +209,9 @@ class SyncNode:
         await self.layer.group_add(self.group, self.channel)
         await self.send_full_state(None, own_only=True)
 
+    async def _open_channel(self) -> None:
+        self.channel = await self.layer.new_channel()
+
     async def _join_and_announce(self) -> None:
         await self.layer.group_add(self.group, self.channel)
         await self.layer.group_send(
@@ -230,6 +235,7 @@ class SyncNode:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _raise_if_cancelling()
                 if _is_idle_timeout(exc):
                     self.metrics.receive_timeouts += 1
                     log_throttled(
@@ -281,6 +287,7 @@ class SyncNode:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            _raise_if_cancelling()
             self._broker_error("send", exc)
             return False
         return True
@@ -291,7 +298,7 @@ class SyncNode:
         self._failures += 1
         self._degraded = True
         log_throttled(
-            f"broker-{where}",
+            f"broker-{where}:{self.store.origin}",
             logging.WARNING,
             "dratelimit: channel layer %s failed (%s: %s); limiting with local counts and retrying",
             where,
@@ -302,6 +309,13 @@ class SyncNode:
 
     def _backoff(self) -> float:
         return float(min(MAX_BACKOFF, 0.1 * 2 ** min(self._failures, 10)))
+
+
+def _raise_if_cancelling() -> None:
+    """redis-py can turn a cancellation into a connection error; don't swallow it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _put_hit(queue: asyncio.Queue[BucketKey], bucket_key: BucketKey) -> None:
@@ -430,6 +444,7 @@ def start_sync(store: CounterStore) -> SyncThread | None:
     thread = SyncThread(store, alias)
     thread.start()
     if thread.node is None:
+        thread.stop()  # the layer could not be built (logged); limit locally
         return None
     _threads.append(thread)
     wait = conf.STARTUP_SYNC_WAIT

@@ -1,0 +1,352 @@
+"""Per-operation cost of the local request path, in one process and one run.
+
+Compares, timeit-style (best and median of several repeats, GC off while timing):
+
+1. the floor: a dict increment under a ``threading.Lock``;
+2. ``Limiter.hit`` on one key;
+3. ``Limiter.hit`` cycling over 100,000 distinct keys;
+4. our ``is_ratelimited`` on a RequestFactory request, ``key="ip"``;
+5. django-ratelimit 4.1's ``is_ratelimited`` on the same request, on LocMemCache.
+
+Run from the repository root::
+
+    python bench/bench_local.py               # full run, about 20 s
+    python bench/bench_local.py --quick       # smoke run for CI, a few seconds
+    python bench/bench_local.py --json out.json
+
+It always exits 0: the two target lines report PASS or FAIL, they do not gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GROUP = "bench"
+RATE = "1000000/m"
+DISTINCT_KEYS = 100_000
+REMOTE_ADDR = "203.0.113.7"
+FLOOR_TARGET = 4.0  # limiter.hit (1 key) at most this many times the floor
+SPEEDUP_TARGET = 10.0  # our is_ratelimited at least this many times faster than django-ratelimit
+
+# A runner executes ``n`` operations back to back; every runner has the same loop shape
+# (``for item in islice(items, n): call(item)``) so the loop overhead cancels out in ratios.
+Runner = Callable[[int], None]
+
+
+@dataclass
+class Mode:
+    repeats: int
+    target_s: float  # calibrate each repeat to take at least this long
+
+
+FULL = Mode(repeats=7, target_s=0.3)
+QUICK = Mode(repeats=3, target_s=0.03)
+
+
+@dataclass
+class Result:
+    name: str
+    number: int  # operations per repeat
+    repeat_ns: list[int] = field(default_factory=list)  # wall time of each repeat
+
+    @property
+    def best_ns(self) -> float:
+        return min(self.repeat_ns) / self.number
+
+    @property
+    def median_ns(self) -> float:
+        return statistics.median(self.repeat_ns) / self.number
+
+    @property
+    def ops_per_s(self) -> float:
+        return 1e9 / self.best_ns
+
+
+# -- Django ---------------------------------------------------------------------------
+
+
+def setup_django() -> None:
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="bench",
+        INSTALLED_APPS=[
+            "django.contrib.contenttypes",
+            "django.contrib.auth",
+            "channels",
+            "django_dratelimit",
+            "django_ratelimit",
+        ],
+        DATABASES={},
+        CACHES={
+            "default": {
+                "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                "LOCATION": "bench",
+            }
+        },
+        # Local-only limiting: no sync thread, nothing on the network.
+        DRATELIMIT={"CHANNEL_LAYER": None},
+        RATELIMIT_USE_CACHE="default",
+        # django-ratelimit refuses LocMemCache in its checks (not shared between processes);
+        # fine for a single-process benchmark of the per-call cost.
+        SILENCED_SYSTEM_CHECKS=["django_ratelimit.E003", "django_ratelimit.W001"],
+        USE_TZ=True,
+    )
+    django.setup()
+
+
+# -- timing ---------------------------------------------------------------------------
+
+
+def time_once(run: Runner, number: int) -> int:
+    """Wall time of ``number`` operations in ns, with the GC off as timeit does."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        run(number)
+        return time.perf_counter_ns() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def calibrate(run: Runner, target_s: float, minimum: int = 1) -> int:
+    """Like ``timeit.Timer.autorange``: the first ``minimum`` x 1-2-5 step taking ``target_s``."""
+    target_ns = target_s * 1e9
+    base = minimum
+    while True:
+        for factor in (1, 2, 5):
+            number = base * factor
+            if time_once(run, number) >= target_ns:
+                return number
+        base *= 10
+
+
+def measure(name: str, run: Runner, mode: Mode, *, multiple_of: int = 1) -> Result:
+    # Whole passes only (multiple_of), so every repeat touches every key equally often.
+    number = calibrate(run, mode.target_s, minimum=multiple_of)
+    result = Result(name, number)
+    for _ in range(mode.repeats):
+        result.repeat_ns.append(time_once(run, number))
+    return result
+
+
+# -- the operations -----------------------------------------------------------------
+
+
+def floor_runner() -> Runner:
+    lock = threading.Lock()
+    d: dict[str, int] = {}
+
+    def floor(key: str) -> None:
+        with lock:
+            d[key] = d.get(key, 0) + 1
+
+    items = cycle(["k"])
+
+    def run(n: int) -> None:
+        for key in islice(items, n):
+            floor(key)
+
+    return run
+
+
+def hit_runner(keys: list[str]) -> Runner:
+    from django_dratelimit.limiter import Limiter
+    from django_dratelimit.store import CounterStore
+
+    limiter = Limiter(CounterStore(max_keys=200_000), sync=False)
+    hit = limiter.hit
+    for key in keys:  # warm up: every bucket exists before timing
+        hit(GROUP, key, RATE)
+    items: Iterator[str] = cycle(keys)
+
+    def run(n: int) -> None:
+        for key in islice(items, n):
+            hit(GROUP, key, RATE)
+
+    return run
+
+
+def make_request() -> Any:
+    from django.test import RequestFactory
+
+    return RequestFactory().get("/", REMOTE_ADDR=REMOTE_ADDR)
+
+
+def ours_runner(request: Any) -> Runner:
+    from django_dratelimit import is_ratelimited
+
+    is_ratelimited(request, group=GROUP, key="ip", rate=RATE, increment=True)
+    items = cycle([request])
+
+    def run(n: int) -> None:
+        for req in islice(items, n):
+            is_ratelimited(req, group=GROUP, key="ip", rate=RATE, increment=True)
+
+    return run
+
+
+def theirs_runner(request: Any) -> Runner:
+    from django_ratelimit.core import is_ratelimited
+
+    is_ratelimited(request, group=GROUP, key="ip", rate=RATE, increment=True)
+    items = cycle([request])
+
+    def run(n: int) -> None:
+        for req in islice(items, n):
+            is_ratelimited(req, group=GROUP, key="ip", rate=RATE, increment=True)
+
+    return run
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    import django
+
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        nproc = os.cpu_count() or 0
+    return {
+        "processor": platform.processor(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "nproc": nproc,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "django": django.get_version(),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return (
+        f"machine: {info['processor'] or '?'} / {info['machine']}; CPU: {info['cpu']}; "
+        f"nproc: {info['nproc']}; {info['implementation']} {info['python']}; "
+        f"Django {info['django']}"
+    )
+
+
+def table(results: list[Result], floor: Result) -> str:
+    lines = [
+        "| operation | ns/op (best) | ns/op (median) | ops/s | ratio vs floor |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.best_ns:,.0f} | {r.median_ns:,.0f} | {r.ops_per_s:,.0f} "
+            f"| {r.best_ns / floor.best_ns:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter (CI smoke)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+
+    setup_django()
+    started = time.perf_counter()
+    keys = [f"key-{i:06d}" for i in range(DISTINCT_KEYS)]
+    request = make_request()
+
+    floor = measure("floor: dict += 1 under a Lock", floor_runner(), mode)
+    hit1 = measure("Limiter.hit, 1 key", hit_runner(["k"]), mode)
+    hit_many = measure(
+        f"Limiter.hit, {DISTINCT_KEYS:,} keys", hit_runner(keys), mode, multiple_of=DISTINCT_KEYS
+    )
+    ours = measure("django_dratelimit.is_ratelimited", ours_runner(request), mode)
+    theirs = measure("django_ratelimit.is_ratelimited (LocMemCache)", theirs_runner(request), mode)
+    results = [floor, hit1, hit_many, ours, theirs]
+    elapsed = time.perf_counter() - started
+
+    info = machine_info()
+    floor_ratio = hit1.best_ns / floor.best_ns
+    speedup = theirs.best_ns / ours.best_ns
+    floor_ok = floor_ratio <= FLOOR_TARGET
+    speedup_ok = speedup >= SPEEDUP_TARGET
+
+    print(machine_line(info))
+    print(
+        f"mode: {'quick' if args.quick else 'full'}, {mode.repeats} repeats of >= "
+        f"{mode.target_s:g} s per operation, GC off while timing; {elapsed:.1f} s"
+    )
+    print()
+    print(table(results, floor))
+    print()
+    print(
+        f"limiter.hit (1 key) is {floor_ratio:.1f}x the floor (target <= {FLOOR_TARGET:g}x): "
+        f"{'PASS' if floor_ok else 'FAIL'}"
+    )
+    print(
+        f"our is_ratelimited is {speedup:.1f}x faster than django-ratelimit on LocMemCache "
+        f"(target >= {SPEEDUP_TARGET:g}x): {'PASS' if speedup_ok else 'FAIL'}"
+    )
+
+    if args.json:
+        payload = {
+            "machine": info,
+            "mode": {"quick": args.quick, **asdict(mode)},
+            "elapsed_s": elapsed,
+            "results": [
+                {
+                    "operation": r.name,
+                    "number": r.number,
+                    "repeat_ns": r.repeat_ns,
+                    "best_ns_per_op": r.best_ns,
+                    "median_ns_per_op": r.median_ns,
+                    "ops_per_s": r.ops_per_s,
+                    "ratio_vs_floor": r.best_ns / floor.best_ns,
+                }
+                for r in results
+            ],
+            "targets": {
+                "hit_vs_floor": {"value": floor_ratio, "target": FLOOR_TARGET, "pass": floor_ok},
+                "speedup_vs_django_ratelimit": {
+                    "value": speedup,
+                    "target": SPEEDUP_TARGET,
+                    "pass": speedup_ok,
+                },
+            },
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

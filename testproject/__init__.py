@@ -1,0 +1,1 @@
+"""The django-dratelimit demo project: demo pages for newcomers, cluster endpoints for tests."""

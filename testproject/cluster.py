@@ -1,0 +1,89 @@
+"""JSON endpoints for the multi-process cluster tests and benchmarks.
+
+Every process counts hits of one shared key; ``state/`` reads what a process
+knows of the cluster-wide total without counting anything.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from django_dratelimit import ratelimit
+from django_dratelimit.algorithms import ALGORITHMS, FIXED_WINDOW
+from django_dratelimit.limiter import get_limiter
+
+CLUSTER_GROUP = "cluster"
+SHARED_KEY = "shared"
+DEFAULT_CLUSTER_RATE = "100/m"
+
+
+def shared_key(group: str, request: HttpRequest) -> str:
+    """Every request counts against one key, whichever process serves it."""
+    return SHARED_KEY
+
+
+def cluster_rate(group: str | None = None, request: HttpRequest | None = None) -> str:
+    # Read per request, not at import: tests start each process with its own rate.
+    return os.environ.get("DEMO_CLUSTER_RATE", DEFAULT_CLUSTER_RATE)
+
+
+def _hit_response(request: HttpRequest) -> JsonResponse:
+    admitted = not getattr(request, "limited", False)
+    return JsonResponse({"admitted": admitted, "pid": os.getpid()}, status=200 if admitted else 429)
+
+
+# block=False: the view answers itself, so a limited hit costs the same as an
+# admitted one and the JSON says which process decided.
+@csrf_exempt
+@ratelimit(group=CLUSTER_GROUP, key=shared_key, rate=cluster_rate, block=False)
+def hit(request: HttpRequest) -> JsonResponse:
+    return _hit_response(request)
+
+
+@csrf_exempt
+@ratelimit(group=CLUSTER_GROUP, key=shared_key, rate=cluster_rate, block=False)
+async def ahit(request: HttpRequest) -> JsonResponse:
+    return _hit_response(request)
+
+
+def _bad_request(detail: str) -> JsonResponse:
+    return JsonResponse({"error": "bad_request", "detail": detail}, status=400)
+
+
+def state(request: HttpRequest) -> JsonResponse:
+    """What this process knows of a counter, and of its sync node; counts nothing."""
+    group = request.GET.get("group", CLUSTER_GROUP)
+    key = request.GET.get("key", SHARED_KEY)
+    rate = request.GET.get("rate") or cluster_rate()
+    algorithm = request.GET.get("algorithm", FIXED_WINDOW)
+    if algorithm not in ALGORITHMS:
+        return _bad_request(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    limiter = get_limiter()
+    try:
+        usage = limiter.get(group, key, rate, algorithm=algorithm)
+    except ValueError as exc:  # InvalidRate is one
+        return _bad_request(str(exc))
+    # Read after get(): the first use of the limiter is what starts the sync thread.
+    sync = limiter.sync
+    node = sync.node if sync is not None and sync.is_alive() else None
+    info: dict[str, Any] | None = node.node_info() if node is not None else None
+    return JsonResponse(
+        {
+            "pid": os.getpid(),
+            "node": limiter.store.origin,
+            "count": usage.count,
+            "limit": usage.limit,
+            "should_limit": usage.should_limit,
+            "time_left": usage.time_left,
+            "sync": info,
+        }
+    )
+
+
+def noop(request: HttpRequest) -> JsonResponse:
+    """No limiter at all: the benchmarks' baseline."""
+    return JsonResponse({"ok": True})

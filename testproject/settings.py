@@ -1,0 +1,169 @@
+"""Settings of the demo project, tuned by environment variables.
+
+Newcomers run it as is (``python manage.py runserver``: one process, in-memory
+channel layer). The cluster tests and benchmarks start several processes with
+``REDIS_URL`` set, so that they share counts through Redis.
+
+Environment variables:
+
+- ``DJANGO_DEBUG``: "0"/"false"/"no"/"off" turns DEBUG off (on by default).
+- ``DJANGO_SECRET_KEY``: the secret key (a fixed, insecure demo key by default).
+- ``REDIS_URL``: e.g. ``redis://127.0.0.1:6379/15``; enables the Redis channel
+  layer and the ``redis`` cache alias.
+- ``DRATELIMIT_LAYER``: "pubsub" picks RedisPubSubChannelLayer (with REDIS_URL).
+- ``DEMO_API_RATE``: the rate of the "api" rule on ``/api/`` (default "30/m").
+- ``DEMO_CLUSTER_RATE``: the rate of the ``/cluster/`` endpoints (default
+  "100/m"), read per request in ``testproject.cluster``.
+- ``DRATELIMIT_SYNC_INTERVAL``, ``DRATELIMIT_ANTI_ENTROPY``,
+  ``DRATELIMIT_STARTUP_SYNC_WAIT``: seconds, see the DRATELIMIT settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return float(value)
+
+
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY", "django-insecure-demo-only-never-use-this-key-in-production"
+)
+DEBUG = env_bool("DJANGO_DEBUG", True)
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_dratelimit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    # After auth, so that the "user" and "user_or_ip" keys see request.user.
+    "django_dratelimit.middleware.RateLimitMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "testproject.urls"
+WSGI_APPLICATION = "testproject.wsgi.application"
+ASGI_APPLICATION = "testproject.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# A file database: the login page (for the "user_or_ip" key example) needs users.
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": BASE_DIR / "db.sqlite3",
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+CHANNEL_LAYERS: dict[str, dict[str, Any]]
+if REDIS_URL:
+    # redis-py's default 5 s socket timeout equals RedisChannelLayer's blocking
+    # pop: an idle receive would time out every 5 s.
+    _redis_host = {"address": REDIS_URL, "socket_timeout": 10}
+    if os.environ.get("DRATELIMIT_LAYER") == "pubsub":
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [_redis_host]},
+            }
+        }
+    else:
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                # capacity: the default 100 silently drops sync messages under load;
+                # group_expiry: stale members of killed test processes go away quickly
+                # (live ones re-join on every anti-entropy round).
+                "CONFIG": {"hosts": [_redis_host], "capacity": 1000, "group_expiry": 30},
+            }
+        }
+else:
+    # One process: limiting works, nothing is shared (the sync thread is not started).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CACHES: dict[str, dict[str, Any]] = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+}
+if REDIS_URL:
+    # Not used by the demo pages: the benchmarks compare against a Redis cache.
+    CACHES["redis"] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL}
+
+DRATELIMIT = {
+    "RULES": [
+        {
+            "name": "api",
+            "path": r"^/api/",
+            "key": "ip",
+            "rate": os.environ.get("DEMO_API_RATE", "30/m"),
+        },
+    ],
+    "SYNC_INTERVAL": env_float("DRATELIMIT_SYNC_INTERVAL", 0.05),
+    "ANTI_ENTROPY_INTERVAL": env_float("DRATELIMIT_ANTI_ENTROPY", 5.0),
+    "STARTUP_SYNC_WAIT": env_float("DRATELIMIT_STARTUP_SYNC_WAIT", 0.0),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "loggers": {
+        "django_dratelimit": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}

@@ -1,0 +1,83 @@
+"""Shared fixtures: an injectable clock, a fresh limiter per test, leak checks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from django_dratelimit.limiter import Limiter, set_limiter
+from django_dratelimit.store import CounterStore
+from tests.cluster import RedisServer
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    # Starts 10 s into a minute (1_700_000_000 is 20 s past a minute boundary: align it).
+    return FakeClock(1_699_999_980.0 + 10.0)
+
+
+@pytest.fixture
+def limiter(clock: FakeClock) -> Iterator[Limiter]:
+    """The process limiter, with a fake clock and no sync thread."""
+    instance = Limiter(CounterStore(max_keys=1000), clock=clock, sync=False)
+    set_limiter(instance)
+    yield instance
+    set_limiter(None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limiter() -> Iterator[None]:
+    """Every test starts with an empty process limiter and leaves no thread behind."""
+    before = {t.ident for t in threading.enumerate()}
+    set_limiter(None)
+    yield
+    set_limiter(None)
+    leaked = [
+        t for t in threading.enumerate() if t.ident not in before and t.name == "dratelimit-sync"
+    ]
+    for thread in leaked:
+        thread.join(5)
+    assert not [t for t in leaked if t.is_alive()], "a dratelimit-sync thread outlived its test"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server owned by the test session, on a free loopback port."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer) -> RedisServer:
+    """The session redis-server, emptied for this test."""
+    if not redis_server.ping():  # a fault test may have stopped it
+        redis_server.start()
+    redis_server.command("FLUSHALL")
+    return redis_server
+
+
+def layer_config(kind: str, url: str) -> dict[str, object]:
+    """The CHANNEL_LAYERS entry README recommends, for the core or the pub/sub layer."""
+    host = {"address": url, "socket_timeout": 10}
+    if kind == "pubsub":
+        return {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [host]}}
+    return {"BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [host], "capacity": 1000, "group_expiry": 30}}

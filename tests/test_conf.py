@@ -1,0 +1,128 @@
+"""``conf.Settings``: a default for every key, read at call time (django-cors-headers style)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from pytest_django import Settings as SettingsFixture
+
+from django_dratelimit import views
+from django_dratelimit.conf import DEFAULTS, Settings, conf
+
+RULES = [{"name": "api", "path": r"^/api/", "key": "ip", "rate": "5/m"}]
+
+
+def key_func(request: Any) -> str:
+    return "k"
+
+
+# (property, its default, an overriding value)
+CASES: list[tuple[str, Any, Any]] = [
+    ("ENABLED", True, False),
+    ("ALGORITHM", "fixed_window", "sliding_window"),
+    ("RULES", [], RULES),
+    ("VIEW", "django_dratelimit.views.ratelimited", "tests.views.custom_limited"),
+    ("HEADERS", True, False),
+    ("IP_META_KEY", None, "HTTP_X_REAL_IP"),
+    ("IPV4_MASK", 32, 24),
+    ("IPV6_MASK", 64, 48),
+    ("MAX_KEYS", 100_000, 10),
+    ("CHANNEL_LAYER", "default", None),
+    ("GROUP", "dratelimit", "other-group"),
+    ("SYNC_INTERVAL", 0.05, 0.0),
+    ("ANTI_ENTROPY_INTERVAL", 5.0, 1.5),
+    ("MAX_MESSAGE_BUCKETS", 500, 50),
+    ("STARTUP_SYNC_WAIT", 0.0, 2.0),
+    ("STRICT_CACHE", "default", "strict"),
+    ("STRICT_FAIL_OPEN", False, True),
+]
+
+
+def test_every_setting_has_a_property_and_a_case() -> None:
+    properties = {name for name, value in vars(Settings).items() if isinstance(value, property)}
+
+    assert properties - {"_user"} == set(DEFAULTS)
+    assert {name for name, _, _ in CASES} == set(DEFAULTS)
+
+
+@pytest.mark.parametrize(("name", "default", "override"), CASES)
+def test_default(name: str, default: Any, override: Any) -> None:
+    assert getattr(conf, name) == default
+    assert DEFAULTS[name] == default
+
+
+@pytest.mark.parametrize(("name", "default", "override"), CASES)
+def test_override_is_read_at_call_time(name: str, default: Any, override: Any) -> None:
+    with override_settings(DRATELIMIT={name: override}):
+        assert getattr(conf, name) == override
+    assert getattr(conf, name) == default
+
+
+@pytest.mark.parametrize(("name", "default", "override"), CASES)
+def test_settings_fixture_override(
+    settings: SettingsFixture, name: str, default: Any, override: Any
+) -> None:
+    settings.DRATELIMIT = {name: override}
+
+    assert getattr(conf, name) == override
+
+
+@pytest.mark.parametrize(("name", "default", "override"), CASES)
+def test_other_keys_keep_their_defaults(name: str, default: Any, override: Any) -> None:
+    others = [n for n, _, _ in CASES if n != name]
+    with override_settings(DRATELIMIT={name: override}):
+        assert [getattr(conf, n) for n in others] == [DEFAULTS[n] for n in others]
+
+
+def test_a_fresh_settings_object_sees_the_same_values() -> None:
+    with override_settings(DRATELIMIT={"GROUP": "fresh"}):
+        assert Settings().GROUP == "fresh"
+
+
+def test_missing_dratelimit_setting_gives_defaults(settings: SettingsFixture) -> None:
+    del settings.DRATELIMIT
+
+    assert [getattr(conf, n) for n, _, _ in CASES] == [d for _, d, _ in CASES]
+
+
+@pytest.mark.parametrize("value", [None, ["ENABLED"], "ENABLED=False"])
+def test_a_non_dict_dratelimit_setting_gives_defaults(value: Any) -> None:
+    with override_settings(DRATELIMIT=value):
+        assert conf.ENABLED is True
+        assert conf.RULES == []
+
+
+def test_values_are_coerced_to_their_types() -> None:
+    with override_settings(
+        DRATELIMIT={
+            "ENABLED": 0,
+            "HEADERS": "",
+            "STRICT_FAIL_OPEN": 1,
+            "IPV4_MASK": "24",
+            "MAX_KEYS": 10.0,
+            "SYNC_INTERVAL": 1,
+            "GROUP": 5,
+        }
+    ):
+        assert conf.ENABLED is False
+        assert conf.HEADERS is False
+        assert conf.STRICT_FAIL_OPEN is True
+        assert conf.IPV4_MASK == 24
+        assert conf.MAX_KEYS == 10
+        assert isinstance(conf.SYNC_INTERVAL, float)
+        assert conf.GROUP == "5"
+
+
+def test_callables_are_returned_as_given() -> None:
+    with override_settings(DRATELIMIT={"VIEW": views.ratelimited, "IP_META_KEY": key_func}):
+        assert conf.VIEW is views.ratelimited
+        assert conf.IP_META_KEY is key_func
+
+
+def test_nested_overrides() -> None:
+    with override_settings(DRATELIMIT={"ALGORITHM": "sliding_window"}):
+        with override_settings(DRATELIMIT={"ENABLED": False}):
+            assert (conf.ENABLED, conf.ALGORITHM) == (False, "fixed_window")
+        assert (conf.ENABLED, conf.ALGORITHM) == (True, "sliding_window")

@@ -1,0 +1,540 @@
+"""The local counter store: G-counter buckets, expiry, eviction, dirty tracking, resets, fork."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from django_dratelimit.store import (
+    EVICTION_WARNING_EVERY,
+    BucketKey,
+    BucketState,
+    CounterStore,
+    ResetState,
+)
+
+PERIOD = 60
+S = 1_699_999_980  # a minute boundary
+NOW = S + 10.0
+
+
+def bk(key: str = "k", group: str = "g", period: int = PERIOD, start: int = S) -> BucketKey:
+    return (group, key, period, start)
+
+
+def state(
+    counts: dict[str, int],
+    key: str = "k",
+    group: str = "g",
+    period: int = PERIOD,
+    start: int = S,
+    generation: int = 0,
+) -> BucketState:
+    return BucketState(group, key, period, start, generation, counts)
+
+
+@pytest.fixture
+def store() -> CounterStore:
+    return CounterStore(max_keys=1000, origin="me")
+
+
+def snapshot(store: CounterStore, now: float = NOW) -> dict[BucketKey, tuple[int, dict[str, int]]]:
+    return {
+        (s.group, s.key, s.period, s.window_start): (s.generation, s.counts)
+        for s in store.live_states(now)
+    }
+
+
+# -- add / total ----------------------------------------------------------------------
+
+
+def test_add_returns_the_running_total(store: CounterStore) -> None:
+    assert store.total(bk()) == 0
+    assert store.add(bk(), 1, NOW) == 1
+    assert store.add(bk(), 1, NOW) == 2
+    assert store.add(bk(), 5, NOW) == 7
+    assert store.total(bk()) == 7
+    assert len(store) == 1
+
+
+def test_buckets_are_separate(store: CounterStore) -> None:
+    store.add(bk("a"), 1, NOW)
+    store.add(bk("b"), 2, NOW)
+    store.add(bk("a", group="h"), 3, NOW)
+    store.add(bk("a", period=3600, start=S - S % 3600), 4, NOW)
+    store.add(bk("a", start=S + PERIOD), 5, NOW)
+    assert store.total(bk("a")) == 1
+    assert store.total(bk("b")) == 2
+    assert store.total(bk("a", group="h")) == 3
+    assert store.total(bk("a", period=3600, start=S - S % 3600)) == 4
+    assert store.total(bk("a", start=S + PERIOD)) == 5
+    assert len(store) == 5
+
+
+def test_a_fresh_store_has_its_own_origin() -> None:
+    a, b = CounterStore(), CounterStore()
+    assert a.origin != b.origin
+    assert len(a.origin) == 32
+    assert CounterStore(origin="named").origin == "named"
+
+
+def test_on_hit_is_called_with_the_bucket_key(store: CounterStore) -> None:
+    seen: list[BucketKey] = []
+    store.on_hit = seen.append
+    store.add(bk("a"), 1, NOW)
+    store.add(bk("b"), 1, NOW)
+    assert seen == [bk("a"), bk("b")]
+
+
+# -- merge --------------------------------------------------------------------------
+
+
+def test_merge_adds_other_origins(store: CounterStore) -> None:
+    store.add(bk(), 2, NOW)
+    assert store.merge([state({"A": 3, "B": 4})], NOW) == 1
+    assert store.total(bk()) == 9
+    assert store.states([bk()]) == [state({"me": 2, "A": 3, "B": 4})]
+
+
+def test_merge_keeps_the_max_per_origin(store: CounterStore) -> None:
+    store.merge([state({"A": 5})], NOW)
+    assert store.merge([state({"A": 3})], NOW) == 0  # older news: ignored
+    assert store.total(bk()) == 5
+    assert store.merge([state({"A": 5})], NOW) == 0  # a duplicate: ignored
+    assert store.total(bk()) == 5
+    assert store.merge([state({"A": 8})], NOW) == 1
+    assert store.total(bk()) == 8
+    assert store.merge([state({"A": 2, "B": 1})], NOW) == 1  # B grew, A did not
+    assert store.total(bk()) == 9
+
+
+def test_merge_ignores_the_own_origin(store: CounterStore) -> None:
+    store.add(bk(), 2, NOW)
+    # An echo of our own message, or a relay of an old count, must not change our count.
+    assert store.merge([state({"me": 100})], NOW) == 0
+    assert store.merge([state({"me": 1})], NOW) == 0
+    assert store.total(bk()) == 2
+    assert store.states([bk()])[0].counts == {"me": 2}
+
+
+def test_merge_counts_changed_buckets(store: CounterStore) -> None:
+    changed = store.merge(
+        [state({"A": 1}, key="a"), state({"A": 1}, key="b"), state({"A": 1}, key="a")], NOW
+    )
+    assert changed == 2
+    assert store.total(bk("a")) == store.total(bk("b")) == 1
+
+
+def test_merge_lands_in_the_window_it_was_counted_in(store: CounterStore) -> None:
+    store.merge([state({"A": 4}, start=S - PERIOD)], NOW)
+    assert store.total(bk(start=S - PERIOD)) == 4
+    assert store.total(bk()) == 0
+
+
+def test_merge_drops_expired_windows(store: CounterStore) -> None:
+    # A bucket lives two periods (the sliding window still reads the previous one).
+    assert store.merge([state({"A": 4}, start=S - 2 * PERIOD)], NOW) == 0
+    assert store.total(bk(start=S - 2 * PERIOD)) == 0
+    assert len(store) == 0
+    assert store.merge([state({"A": 4}, start=S - PERIOD)], S + PERIOD - 0.001) == 1
+
+
+def test_merge_does_not_mark_dirty(store: CounterStore) -> None:
+    store.track_dirty = True
+    store.merge([state({"A": 4})], NOW)
+    assert store.take_dirty() == []
+
+
+def test_bucket_state_total() -> None:
+    assert state({"A": 2, "B": 3}).total == 5
+    assert state({}).total == 0
+
+
+# -- expiry -----------------------------------------------------------------------------
+
+
+def test_expired_buckets_are_swept_when_a_bucket_is_created(store: CounterStore) -> None:
+    store.track_dirty = True
+    store.add(bk("old"), 3, float(S))
+    # Still inside its lifetime (start + 2 periods): kept.
+    store.add(bk("a", start=S + PERIOD), 1, S + 2 * PERIOD - 0.5)
+    assert store.total(bk("old")) == 3
+    # After start + 2 periods it has expired (sweeps are a second apart).
+    store.add(bk("b", start=S + 2 * PERIOD), 1, S + 2 * PERIOD + 0.5)
+    assert store.total(bk("old")) == 0
+    assert len(store) == 2
+    assert {(s.key, s.window_start) for s in store.take_dirty()} == {
+        ("a", S + PERIOD),
+        ("b", S + 2 * PERIOD),
+    }
+
+
+def test_sweeping_runs_at_most_once_a_second(store: CounterStore) -> None:
+    store.add(bk("old"), 1, float(S))
+    store.add(bk("a", start=S + PERIOD), 1, S + 2 * PERIOD - 0.5)  # sweeps, keeps "old"
+    store.add(bk("b", start=S + 2 * PERIOD), 1, S + 2 * PERIOD + 0.25)  # too soon to sweep
+    assert store.total(bk("old")) == 1
+    store.add(bk("c", start=S + 2 * PERIOD), 1, S + 2 * PERIOD + 0.5)  # a second later
+    assert store.total(bk("old")) == 0
+
+
+def test_live_states_skip_expired_buckets_even_before_a_sweep(store: CounterStore) -> None:
+    store.add(bk(), 1, NOW)
+    assert len(store.live_states(S + 2 * PERIOD - 0.001)) == 1
+    assert store.live_states(float(S + 2 * PERIOD)) == []
+    assert len(store) == 1  # not swept: nothing was created since
+
+
+def test_longer_periods_live_longer(store: CounterStore) -> None:
+    hour = S - S % 3600
+    store.add(bk("h", period=3600, start=hour), 1, NOW)
+    store.add(bk("m"), 1, NOW)
+    store.add(bk("x", start=hour + 7200), 1, float(hour + 7199))
+    assert store.total(bk("h", period=3600, start=hour)) == 1
+    assert store.total(bk("m")) == 0
+
+
+# -- MAX_KEYS -----------------------------------------------------------------------------
+
+
+def _eviction_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "django_dratelimit" and r.levelno == logging.WARNING and "MAX_KEYS" in r.msg
+    ]
+
+
+def test_max_keys_evicts_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
+    store = CounterStore(max_keys=3, origin="me")
+    hour = S - S % 3600
+    keys = [bk(f"k{i}", period=3600, start=hour) for i in range(6)]
+    with caplog.at_level(logging.WARNING, logger="django_dratelimit"):
+        for key in keys[:3]:
+            store.add(key, 1, NOW)
+        store.add(keys[0], 1, NOW)  # touching a bucket does not make it younger
+        assert _eviction_warnings(caplog) == []
+        store.add(keys[3], 1, NOW)
+        assert len(store) == 3
+        assert store.evictions == 1
+        assert store.total(keys[0]) == 0
+        assert [store.total(k) for k in keys[1:4]] == [1, 1, 1]
+        store.add(keys[4], 1, NOW + EVICTION_WARNING_EVERY - 1)
+        assert store.evictions == 2
+        assert store.total(keys[1]) == 0
+        assert len(_eviction_warnings(caplog)) == 1  # one warning a minute
+        store.add(keys[5], 1, NOW + EVICTION_WARNING_EVERY)
+        assert store.evictions == 3
+    warnings = _eviction_warnings(caplog)
+    assert len(warnings) == 2
+    assert "MAX_KEYS=3" in warnings[0].getMessage()
+    assert "3 evicted so far" in warnings[1].getMessage()
+
+
+def test_eviction_by_merge_and_dirty_cleanup() -> None:
+    store = CounterStore(max_keys=2, origin="me")
+    store.track_dirty = True
+    store.add(bk("a"), 1, NOW)
+    store.merge([state({"A": 1}, key="b"), state({"A": 1}, key="c")], NOW)
+    assert len(store) == 2
+    assert store.total(bk("a")) == 0
+    assert store.take_dirty() == []  # the evicted bucket is not sent
+
+
+def test_existing_buckets_are_never_evicted_by_their_own_hits() -> None:
+    store = CounterStore(max_keys=2, origin="me")
+    store.add(bk("a"), 1, NOW)
+    store.add(bk("b"), 1, NOW)
+    for _ in range(10):
+        store.add(bk("a"), 1, NOW)
+        store.add(bk("b"), 1, NOW)
+    assert store.evictions == 0
+    assert store.total(bk("a")) == store.total(bk("b")) == 11
+
+
+# -- dirty tracking and states --------------------------------------------------------------
+
+
+def test_nothing_is_dirty_unless_tracked(store: CounterStore) -> None:
+    store.add(bk(), 1, NOW)
+    assert store.take_dirty() == []
+
+
+def test_take_dirty_returns_absolute_counts_once(store: CounterStore) -> None:
+    store.track_dirty = True
+    store.merge([state({"A": 3}, key="a")], NOW)
+    store.add(bk("a"), 1, NOW)
+    store.add(bk("a"), 1, NOW)
+    store.add(bk("b"), 4, NOW)
+    dirty = sorted(store.take_dirty())
+    assert dirty == [state({"A": 3, "me": 2}, key="a"), state({"me": 4}, key="b")]
+    assert store.take_dirty() == []
+    store.add(bk("a"), 1, NOW)
+    assert store.take_dirty() == [state({"A": 3, "me": 3}, key="a")]
+
+
+def test_mark_dirty_puts_keys_back(store: CounterStore) -> None:
+    store.track_dirty = True
+    store.add(bk("a"), 1, NOW)
+    store.add(bk("b"), 1, NOW)
+    sent = store.take_dirty()
+    store.mark_dirty([(s.group, s.key, s.period, s.window_start) for s in sent] + [bk("gone")])
+    assert sorted(store.take_dirty()) == sorted(sent)
+    assert store.total(bk("gone")) == 0
+    assert len(store) == 2
+
+
+def test_states(store: CounterStore) -> None:
+    store.add(bk("a"), 2, NOW)
+    store.merge([state({"A": 1}, key="b")], NOW)
+    assert store.states([bk("a"), bk("b"), bk("missing")]) == [
+        state({"me": 2}, key="a"),
+        state({"A": 1}, key="b"),
+    ]
+    assert store.states([]) == []
+
+
+def test_live_states_all_or_own_only(store: CounterStore) -> None:
+    store.add(bk("mine"), 2, NOW)
+    store.merge([state({"A": 1}, key="theirs")], NOW)
+    store.merge([state({"A": 1}, key="both")], NOW)
+    store.add(bk("both"), 1, NOW)
+    assert {s.key for s in store.live_states(NOW)} == {"mine", "theirs", "both"}
+    own = sorted(store.live_states(NOW, own_only=True))
+    assert own == [state({"A": 1, "me": 1}, key="both"), state({"me": 2}, key="mine")]
+
+
+# -- resets and generations -------------------------------------------------------------------
+
+
+def test_reset_a_key(store: CounterStore) -> None:
+    store.add(bk("a"), 3, NOW)
+    store.add(bk("a", start=S - PERIOD), 3, NOW)
+    store.add(bk("b"), 3, NOW)
+    assert store.reset("g", "a", generation=100) == 2
+    assert store.total(bk("a")) == 0
+    assert store.total(bk("a", start=S - PERIOD)) == 0
+    assert store.total(bk("b")) == 3
+    assert store.add(bk("a"), 1, NOW) == 1
+    assert store.states([bk("a")]) == [state({"me": 1}, key="a", generation=100)]
+    assert store.states([bk("b")])[0].generation == 0
+
+
+def test_reset_a_group(store: CounterStore) -> None:
+    store.add(bk("a"), 3, NOW)
+    store.add(bk("b"), 3, NOW)
+    store.add(bk("a", group="h"), 3, NOW)
+    assert store.reset("g", generation=100) == 2
+    assert store.total(bk("a")) == store.total(bk("b")) == 0
+    assert store.total(bk("a", group="h")) == 3
+    store.add(bk("c"), 1, NOW)
+    assert store.states([bk("c")])[0].generation == 100
+
+
+def test_reset_without_generation_uses_the_wall_clock(store: CounterStore) -> None:
+    before = time.time_ns()
+    store.add(bk(), 1, NOW)
+    assert store.reset("g", "k") == 1
+    store.add(bk(), 1, NOW)
+    generation = store.states([bk()])[0].generation
+    assert before <= generation <= time.time_ns()
+
+
+def test_a_merge_from_an_older_generation_is_dropped(store: CounterStore) -> None:
+    store.reset("g", "k", generation=100)
+    assert store.merge([state({"A": 7}, generation=50)], NOW) == 0
+    assert store.merge([state({"A": 7}, generation=0)], NOW) == 0
+    assert store.total(bk()) == 0
+    assert len(store) == 0
+    assert store.merge([state({"A": 7}, generation=100)], NOW) == 1
+    assert store.total(bk()) == 7
+
+
+def test_a_merge_from_an_older_group_generation_is_dropped(store: CounterStore) -> None:
+    store.reset("g", generation=100)
+    assert store.merge([state({"A": 7}, key="any", generation=99)], NOW) == 0
+    assert store.total(bk("any")) == 0
+
+
+def test_a_merge_from_a_newer_generation_adopts_it(store: CounterStore) -> None:
+    store.add(bk(), 5, NOW)
+    store.add(bk(start=S - PERIOD), 5, NOW)
+    store.merge([state({"A": 9})], NOW)
+    store.add(bk("other"), 1, NOW)
+    # Another process reset the key and has counted 2 hits since.
+    assert store.merge([state({"B": 2}, generation=200)], NOW) == 1
+    assert store.total(bk()) == 2  # our 5 and A's 9 were before the reset
+    assert store.total(bk(start=S - PERIOD)) == 0
+    assert store.total(bk("other")) == 1
+    assert store.states([bk()]) == [state({"B": 2}, generation=200)]
+    # The adopted generation now rules: older counts cannot come back.
+    assert store.merge([state({"A": 9})], NOW) == 0
+    assert store.total(bk()) == 2
+    # New local hits carry it.
+    store.add(bk(), 1, NOW)
+    assert store.states([bk()]) == [state({"B": 2, "me": 1}, generation=200)]
+
+
+def test_apply_resets_is_idempotent(store: CounterStore) -> None:
+    store.add(bk("a"), 1, NOW)
+    store.add(bk("b"), 1, NOW)
+    resets = [ResetState("g", "a", 100), ResetState("g", None, 50)]
+    assert store.apply_resets(resets) == 2
+    store.add(bk("a"), 1, NOW)
+    store.add(bk("b"), 1, NOW)
+    assert store.apply_resets(resets) == 0
+    assert store.apply_resets(resets + resets) == 0
+    assert store.total(bk("a")) == store.total(bk("b")) == 1
+    # An older reset arriving late changes nothing either.
+    assert store.apply_resets([ResetState("g", "a", 10), ResetState("g", None, 10)]) == 0
+    assert store.total(bk("a")) == 1
+    assert store.states([bk("a")])[0].generation == 100
+    assert store.states([bk("b")])[0].generation == 50
+
+
+def test_a_key_reset_older_than_the_group_reset_does_nothing(store: CounterStore) -> None:
+    store.reset("g", generation=100)
+    store.add(bk("a"), 1, NOW)
+    assert store.apply_resets([ResetState("g", "a", 90)]) == 0
+    assert store.total(bk("a")) == 1
+
+
+def test_resets_travel_when_tracked(store: CounterStore) -> None:
+    store.reset("g", "untracked", generation=5)
+    assert store.take_pending_resets() == []
+    store.track_dirty = True
+    store.reset("g", "a", generation=100)
+    store.reset("g", generation=200)
+    store.apply_resets([ResetState("h", None, 300)])  # heard from others: not re-sent
+    assert store.take_pending_resets() == [ResetState("g", "a", 100), ResetState("g", None, 200)]
+    assert store.take_pending_resets() == []
+
+
+def test_reset_drops_dirty_entries(store: CounterStore) -> None:
+    store.track_dirty = True
+    store.add(bk("a"), 1, NOW)
+    store.reset("g", "a", generation=100)
+    assert store.take_dirty() == []
+
+
+def test_reset_states_remember_recent_resets(store: CounterStore) -> None:
+    recent = time.time_ns()
+    store.reset("g", "a", generation=recent)
+    store.reset("h", generation=recent + 1)
+    store.reset("g", "ancient", generation=1)  # older than any live bucket: forgotten
+    assert sorted(store.reset_states(), key=lambda r: r.generation) == [
+        ResetState("g", "a", recent),
+        ResetState("h", None, recent + 1),
+    ]
+
+
+def test_a_local_reset_wins_after_adopting_a_generation_from_a_clock_ahead(
+    store: CounterStore,
+) -> None:
+    # A peer whose clock runs 30 s ahead (the protocol accepts up to 60 s) reset the key;
+    # this process adopted that generation with the peer's hits.
+    ahead = time.time_ns() + 30 * 10**9
+    store.merge([state({"B": 1}, generation=ahead)], NOW)
+    store.add(bk(), 4, NOW)
+    assert store.total(bk()) == 5
+    # An operator now resets the key here: it must take effect.
+    assert store.reset("g", "k") == 1
+    assert store.total(bk()) == 0
+
+
+# -- fork ---------------------------------------------------------------------------------
+
+
+def test_after_fork_the_parents_hits_move_under_its_old_origin(store: CounterStore) -> None:
+    store.track_dirty = True
+    store.on_hit = lambda key: None
+    store.add(bk("a"), 3, NOW)
+    store.add(bk("b"), 1, NOW)
+    store.merge([state({"A": 2}, key="a"), state({"A": 5}, key="c")], NOW)
+    store.reset("g", "z", generation=1)
+    parent = store.origin
+    before = {s.key: s.total for s in store.live_states(NOW)}
+
+    store._after_fork_in_child()
+
+    assert store.origin != parent
+    assert len(store.origin) == 32
+    assert {s.key: s.total for s in store.live_states(NOW)} == before
+    assert sorted(store.live_states(NOW)) == [
+        state({"A": 2, parent: 3}, key="a"),
+        state({parent: 1}, key="b"),
+        state({"A": 5}, key="c"),
+    ]
+    assert store.live_states(NOW, own_only=True) == []
+    assert store.take_dirty() == []
+    assert store.take_pending_resets() == []
+    assert store.track_dirty is False
+    assert store.on_hit is None
+    # The child counts under its own origin from now on.
+    store.track_dirty = True
+    assert store.add(bk("a"), 1, NOW) == 6
+    assert store.take_dirty() == [state({"A": 2, parent: 3, store.origin: 1}, key="a")]
+    # And the parent's later, higher counts merge in as any other origin's.
+    store.merge([state({parent: 10}, key="a")], NOW)
+    assert store.total(bk("a")) == 13
+
+
+def test_after_fork_the_lock_is_fresh(store: CounterStore) -> None:
+    store._lock.acquire()  # as if a thread of the parent held it at fork time
+    store._after_fork_in_child()
+    assert store.add(bk(), 1, NOW) == 1
+
+
+# -- threads --------------------------------------------------------------------------------
+
+
+def test_concurrent_adds_are_exact() -> None:
+    store = CounterStore(max_keys=1000, origin="me")
+    store.track_dirty = True
+    threads_count, hits = 8, 10_000
+    barrier = threading.Barrier(threads_count)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(hits):
+            store.add(bk(), 1, NOW)
+
+    threads = [threading.Thread(target=worker) for _ in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.total(bk()) == threads_count * hits
+    assert store.take_dirty() == [state({"me": threads_count * hits})]
+
+
+def test_concurrent_adds_and_merges_are_exact() -> None:
+    store = CounterStore(max_keys=1000, origin="me")
+    rounds = 2_000
+    barrier = threading.Barrier(4)
+
+    def adder() -> None:
+        barrier.wait()
+        for _ in range(rounds):
+            store.add(bk(), 1, NOW)
+
+    def merger(origin: str) -> None:
+        barrier.wait()
+        for count in range(1, rounds + 1):
+            store.merge([state({origin: count})], NOW)
+
+    threads = [
+        threading.Thread(target=adder),
+        threading.Thread(target=adder),
+        threading.Thread(target=merger, args=("A",)),
+        threading.Thread(target=merger, args=("B",)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.total(bk()) == 4 * rounds
+    assert store.states([bk()]) == [state({"me": 2 * rounds, "A": rounds, "B": rounds})]

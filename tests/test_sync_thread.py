@@ -1,0 +1,126 @@
+"""The sync thread in this process, against the test-owned redis-server, on both layers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.test import override_settings
+
+from django_dratelimit.limiter import Limiter
+from django_dratelimit.store import CounterStore
+from django_dratelimit.sync import SyncThread, start_sync
+from tests.cluster import RedisServer, wait_for
+from tests.conftest import layer_config
+
+LAYERS = ["core", "pubsub"]
+
+
+@pytest.fixture(params=LAYERS)
+def redis_layers(request: pytest.FixtureRequest, redis_db: RedisServer) -> Iterator[str]:
+    with override_settings(
+        CHANNEL_LAYERS={"default": layer_config(request.param, redis_db.url)},
+        DRATELIMIT={"SYNC_INTERVAL": 0.01, "ANTI_ENTROPY_INTERVAL": 0.5},
+    ):
+        yield request.param
+
+
+def sync_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dratelimit-sync"]
+
+
+def test_two_processes_worth_of_limiters_converge(redis_layers: str) -> None:
+    first, second = Limiter(), Limiter()
+    try:
+        first.hit("g", "k", "100/m")
+        second.hit("g", "k", "100/m")
+        assert first.sync is not None and second.sync is not None
+        assert len(sync_threads()) == 2
+        for _ in range(20):
+            first.hit("g", "k", "100/m")
+            second.hit("g", "k", "100/m")
+        wait_for(lambda: first.get("g", "k", "100/m").count == 42, 5, "first to see 42")
+        wait_for(lambda: second.get("g", "k", "100/m").count == 42, 5, "second to see 42")
+        # A reset on one side reaches the other, and the count stays down.
+        first.reset("g", "k")
+        wait_for(lambda: second.get("g", "k", "100/m").count == 0, 5, "the reset to arrive")
+        time.sleep(0.6)  # one anti-entropy round must not resurrect it
+        assert first.get("g", "k", "100/m").count == 0
+        assert second.get("g", "k", "100/m").count == 0
+    finally:
+        first.close()
+        second.close()
+    assert sync_threads() == []
+
+
+def test_a_late_limiter_catches_up(redis_layers: str) -> None:
+    first = Limiter()
+    try:
+        for _ in range(15):
+            first.hit("g", "k", "100/m")
+        with override_settings(DRATELIMIT={"SYNC_INTERVAL": 0.01, "STARTUP_SYNC_WAIT": 2.0}):
+            late = Limiter()
+            try:
+                # The first use waits (at most STARTUP_SYNC_WAIT) for a peer's state.
+                assert late.get("g", "k", "100/m").count == 15
+            finally:
+                late.close()
+    finally:
+        first.close()
+
+
+def test_local_only_settings_start_no_thread(redis_db: RedisServer) -> None:
+    with override_settings(DRATELIMIT={"CHANNEL_LAYER": None}):
+        limiter = Limiter()
+        limiter.hit("g", "k", "5/m")
+        assert limiter.sync is None
+    with override_settings(CHANNEL_LAYERS={}):
+        assert start_sync(CounterStore()) is None
+    with override_settings(
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    ):
+        assert start_sync(CounterStore()) is None
+    assert sync_threads() == []
+
+
+def test_broken_layer_config_keeps_limiting_locally(
+    redis_db: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "no.such.Layer"}}):
+        limiter = Limiter()
+        assert limiter.hit("g", "k", "1/m").allowed
+        assert not limiter.hit("g", "k", "1/m").allowed
+        assert limiter.sync is None
+    assert "cannot build channel layer" in caplog.text
+    assert sync_threads() == []
+
+
+def test_broker_down_at_start_then_up(redis_layers: str, redis_db: RedisServer) -> None:
+    redis_db.stop()
+    limiter = Limiter()
+    try:
+        assert limiter.hit("g", "k", "100/m").count == 1  # never waits for the broker
+        assert limiter.sync is not None and limiter.sync.node is not None
+        node = limiter.sync.node
+        wait_for(lambda: node.metrics.broker_errors > 0, 5, "a broker error")
+        redis_db.start()
+        peer = Limiter()
+        try:
+            peer.hit("g", "k", "100/m")
+            wait_for(lambda: peer.get("g", "k", "100/m").count == 2, 15, "peer to see 2")
+            wait_for(lambda: limiter.get("g", "k", "100/m").count == 2, 15, "first to see 2")
+        finally:
+            peer.close()
+    finally:
+        limiter.close()
+
+
+def test_stop_is_idempotent_and_leaves_nothing(redis_layers: str) -> None:
+    thread = SyncThread(CounterStore(), "default")
+    thread.start()
+    assert thread.is_alive()
+    thread.stop()
+    thread.stop()
+    assert not thread.is_alive()

@@ -142,13 +142,21 @@ def calibrate(run: Runner, target_s: float, minimum: int = 1) -> int:
         base *= 10
 
 
-def measure(name: str, run: Runner, mode: Mode, *, multiple_of: int = 1) -> Result:
+def measure(cases: list[tuple[str, Runner, int]], mode: Mode) -> list[Result]:
+    """Calibrate every case, then time them round-robin, one repeat of each per round.
+
+    Interleaving spreads a burst of load from other processes over all the cases
+    instead of spoiling one of them, which keeps the ratios honest on a busy machine.
+    """
     # Whole passes only (multiple_of), so every repeat touches every key equally often.
-    number = calibrate(run, mode.target_s, minimum=multiple_of)
-    result = Result(name, number)
+    plan = [
+        (Result(name, calibrate(run, mode.target_s, minimum=multiple_of)), run)
+        for name, run, multiple_of in cases
+    ]
     for _ in range(mode.repeats):
-        result.repeat_ns.append(time_once(run, number))
-    return result
+        for result, run in plan:
+            result.repeat_ns.append(time_once(run, result.number))
+    return [result for result, _run in plan]
 
 
 # -- the operations -----------------------------------------------------------------
@@ -234,6 +242,14 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def load_average() -> str:
+    """Other processes skew the numbers: say how busy the machine was."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def machine_info() -> dict[str, Any]:
     import django
 
@@ -254,7 +270,7 @@ def machine_info() -> dict[str, Any]:
 
 def machine_line(info: dict[str, Any]) -> str:
     return (
-        f"machine: {info['processor'] or '?'} / {info['machine']}; CPU: {info['cpu']}; "
+        f"machine: {info['processor'] or 'unknown'} / {info['machine']}; CPU: {info['cpu']}; "
         f"nproc: {info['nproc']}; {info['implementation']} {info['python']}; "
         f"Django {info['django']}"
     )
@@ -281,17 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     mode = QUICK if args.quick else FULL
 
     setup_django()
+    load_before = load_average()
     started = time.perf_counter()
     keys = [f"key-{i:06d}" for i in range(DISTINCT_KEYS)]
     request = make_request()
 
-    floor = measure("floor: dict += 1 under a Lock", floor_runner(), mode)
-    hit1 = measure("Limiter.hit, 1 key", hit_runner(["k"]), mode)
-    hit_many = measure(
-        f"Limiter.hit, {DISTINCT_KEYS:,} keys", hit_runner(keys), mode, multiple_of=DISTINCT_KEYS
-    )
-    ours = measure("django_dratelimit.is_ratelimited", ours_runner(request), mode)
-    theirs = measure("django_ratelimit.is_ratelimited (LocMemCache)", theirs_runner(request), mode)
+    cases = [
+        ("floor: dict += 1 under a Lock", floor_runner(), 1),
+        ("Limiter.hit, 1 key", hit_runner(["k"]), 1),
+        (f"Limiter.hit, {DISTINCT_KEYS:,} keys", hit_runner(keys), DISTINCT_KEYS),
+        ("django_dratelimit.is_ratelimited", ours_runner(request), 1),
+        ("django_ratelimit.is_ratelimited (LocMemCache)", theirs_runner(request), 1),
+    ]
+    floor, hit1, hit_many, ours, theirs = measure(cases, mode)
     results = [floor, hit1, hit_many, ours, theirs]
     elapsed = time.perf_counter() - started
 
@@ -304,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(info))
     print(
         f"mode: {'quick' if args.quick else 'full'}, {mode.repeats} repeats of >= "
-        f"{mode.target_s:g} s per operation, GC off while timing; {elapsed:.1f} s"
+        f"{mode.target_s:g} s per operation, interleaved, GC off while timing; "
+        f"{elapsed:.1f} s; load average before: {load_before}"
     )
     print()
     print(table(results, floor))
@@ -323,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "mode": {"quick": args.quick, **asdict(mode)},
             "elapsed_s": elapsed,
+            "load_average_before": load_before,
             "results": [
                 {
                     "operation": r.name,

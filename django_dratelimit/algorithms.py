@@ -71,5 +71,5 @@ def _sliding_wait(previous: int, current: int, limit: int, period: int, elapsed:
     # In the next window the current count becomes the previous one.
     if current == 0:
         return to_window_end
-    into_next = period * (1 - room / current)
+    into_next = period * (current - room) / current
     return to_window_end + max(0.0, into_next)

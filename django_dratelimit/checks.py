@@ -104,7 +104,8 @@ def _check_ip(meta_key: Any, v4: Any, v6: Any) -> list[CheckMessage]:
             )
         elif "." in meta_key:
             try:
-                import_string(meta_key)
+                if not callable(import_string(meta_key)):
+                    raise TypeError("it is not callable")
             except Exception as exc:
                 errors.append(
                     _error(

@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 DEFAULTS: dict[str, Any] = {
     "ENABLED": True,
@@ -31,15 +33,25 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Settings:
-    """One typed property per key of ``settings.DRATELIMIT``."""
+    """One typed property per key of ``settings.DRATELIMIT``.
 
-    @property
-    def _user(self) -> dict[str, Any]:
-        value = getattr(settings, "DRATELIMIT", {})
-        return value if isinstance(value, dict) else {}
+    The merged dict is cached (reading ``django.conf.settings`` costs a few
+    hundred ns, and the request path reads several keys) and dropped on
+    ``setting_changed``, so ``override_settings`` still works.
+    """
+
+    _merged: dict[str, Any] | None = None
 
     def _get(self, name: str) -> Any:
-        return self._user.get(name, DEFAULTS[name])
+        merged = self._merged
+        if merged is None:
+            value = getattr(settings, "DRATELIMIT", {})
+            merged = {**DEFAULTS, **(value if isinstance(value, dict) else {})}
+            self._merged = merged
+        return merged[name]
+
+    def clear(self) -> None:
+        self._merged = None
 
     @property
     def ENABLED(self) -> bool:
@@ -111,3 +123,9 @@ class Settings:
 
 
 conf = Settings()
+
+
+@receiver(setting_changed)
+def _clear_settings_cache(setting: str, **kwargs: Any) -> None:
+    if setting == "DRATELIMIT":
+        conf.clear()

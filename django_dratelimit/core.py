@@ -11,7 +11,7 @@ from .algorithms import ALGORITHMS
 from .conf import conf
 from .keys import resolve_key
 from .limiter import get_limiter
-from .rates import resolve_rate
+from .rates import Rate, parse_rate_string, resolve_rate
 from .usage import Usage
 
 ALL = None
@@ -61,14 +61,18 @@ def get_usage(
         raise ValueError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     if not conf.ENABLED or not method_applies(method, request.method):
         return None
-    rates = resolve_rate(rate, group, request)
+    if rate.__class__ is str and "/" in rate:  # a static rate: skip the dynamic checks
+        rates: tuple[Rate, ...] | None = parse_rate_string(rate)
+    else:
+        rates = resolve_rate(rate, group, request)
     if rates is None:
         return None
     value = resolve_key(key, group, request)
     if value is None:
         return None
-    return get_limiter().check(
-        group, value, rates, algorithm or conf.ALGORITHM, cost if increment else 0, name
+    limiter = get_limiter()
+    return limiter.check(
+        group, value, rates, algorithm or limiter.algorithm, cost if increment else 0, name
     )
 
 

@@ -122,13 +122,17 @@ _PREFIXED = {
 }
 
 
-@functools.lru_cache(maxsize=1024)
 def compile_key(spec: object) -> KeyFunc:
     """Turn a key specification into a function ``(group, request) -> str | None``."""
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec:
         raise InvalidKey(f"key {spec!r} must be a string or a callable")
+    return _compile_key_string(spec)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_key_string(spec: str) -> KeyFunc:
     if spec in _SIMPLE:
         return _SIMPLE[spec]
     kind, sep, name = spec.partition(":")

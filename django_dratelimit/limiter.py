@@ -22,9 +22,9 @@ from django.dispatch import receiver
 
 from .algorithms import SLIDING_WINDOW, sliding_window
 from .conf import conf
-from .rates import Rate, parse_rate
+from .rates import Rate, parse_rate, parse_rate_string
 from .store import CounterStore
-from .usage import Usage, most_restrictive
+from .usage import Usage, most_restrictive, new_usage
 
 if TYPE_CHECKING:
     from .sync import SyncThread
@@ -43,6 +43,8 @@ class Limiter:
     ) -> None:
         self.store = store if store is not None else CounterStore(conf.MAX_KEYS)
         self.clock = clock
+        # The limiter is rebuilt when settings change, so this cannot go stale.
+        self.algorithm = conf.ALGORITHM
         self.sync: SyncThread | None = None
         # False until the first use; then the sync thread is started (if configured).
         self._sync_checked = not sync
@@ -61,13 +63,26 @@ class Limiter:
         name: str = "",
     ) -> Usage:
         """Count ``cost`` hits for ``key`` and say whether the limit is exceeded."""
-        return self.check(group, key, _rates(rate), algorithm or conf.ALGORITHM, cost, name)
+        rates = parse_rate_string(rate) if rate.__class__ is str else _rates(rate)
+        algorithm = algorithm or self.algorithm
+        if len(rates) != 1 or algorithm == SLIDING_WINDOW or not self._sync_checked:
+            return self.check(group, key, rates, algorithm, cost, name)
+        # check()'s fast path again, inline: this is the hot path of the facade.
+        now = self.clock()
+        period = rates[0].period
+        limit = rates[0].limit
+        seconds = int(now)
+        end = seconds - seconds % period + period
+        current = self.store.add((group, key, period, end - period), cost, now)
+        return new_usage(
+            group, key, current, limit, period, current > limit, end - now, end, algorithm, name
+        )
 
     def get(
         self, group: str, key: str, rate: Any, *, algorithm: str | None = None, name: str = ""
     ) -> Usage:
         """The usage of ``key`` without counting a hit."""
-        return self.check(group, key, _rates(rate), algorithm or conf.ALGORITHM, 0, name)
+        return self.check(group, key, _rates(rate), algorithm or self.algorithm, 0, name)
 
     def reset(self, group: str, key: str | None = None) -> int:
         """Forget the counts of ``key`` (or of the whole group) on every process.
@@ -93,6 +108,26 @@ class Limiter:
             self._ensure_sync()
         now = self.clock()
         store = self.store
+        if len(rates) == 1 and algorithm != SLIDING_WINDOW:
+            # The common case, kept short: it runs on every request.
+            period = rates[0].period
+            limit = rates[0].limit
+            seconds = int(now)
+            end = seconds - seconds % period + period
+            bucket_key = (group, key, period, end - period)
+            current = store.add(bucket_key, cost, now) if cost else store.total(bucket_key)
+            return new_usage(
+                group,
+                key,
+                current,
+                limit,
+                period,
+                current > limit,
+                end - now,
+                end,
+                algorithm,
+                name,
+            )
         usages = []
         for rate in rates:
             period = rate.period

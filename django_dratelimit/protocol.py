@@ -79,7 +79,8 @@ def check_envelope(message: Any) -> str:
     """Check the parts every message has; return the sender's node id."""
     if not isinstance(message, dict):
         raise MalformedMessage("not a dict")
-    if message.get("v") != VERSION:
+    version = message.get("v")
+    if type(version) is not int or version != VERSION:
         raise MalformedMessage(f"format version {message.get('v')!r}, expected {VERSION}")
     return _text(message.get("node"), "node")  # type: ignore[return-value]
 

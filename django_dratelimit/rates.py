@@ -70,6 +70,9 @@ def parse_rate_string(text: str) -> tuple[Rate, ...]:
                 "'5/m' or '10/5m'"
             )
         count, multiple, unit = match.groups()
+        # Cap the digits before int(): Python refuses to parse over 4,300 of them.
+        count = count if len(count) <= 12 else "9" * 12
+        multiple = multiple if len(multiple) <= 12 else "9" * 12
         if unit not in UNITS:
             raise InvalidRate(
                 f"rate {part.strip()!r} has an unknown unit {unit!r}; use s, m, h or d "

@@ -101,13 +101,11 @@ class CounterStore:
             if bucket is None:
                 bucket = self._create(bucket_key, now)
             bucket.local += amount
-            bucket.total += amount
-            total = bucket.total
+            total = bucket.total = bucket.total + amount
             if self.track_dirty:
                 self._dirty.add(bucket_key)
-        on_hit = self.on_hit
-        if on_hit is not None:
-            on_hit(bucket_key)
+                if self.on_hit is not None:
+                    self.on_hit(bucket_key)  # non-blocking: wakes the sync loop
         return total
 
     def total(self, bucket_key: BucketKey) -> int:
@@ -233,12 +231,22 @@ class CounterStore:
 
     def reset(self, group: str, key: str | None = None, generation: int | None = None) -> int:
         """Forget a key (or a whole group) from now on; return how many buckets went."""
-        reset = ResetState(group, key, generation or time.time_ns())
         with self._lock:
+            if generation is None:
+                # Wall-clock time, but past any generation adopted from a peer
+                # whose clock runs ahead: a local reset must always take effect.
+                generation = max(time.time_ns(), self._highest_generation(group, key) + 1)
+            reset = ResetState(group, key, generation)
             removed = self._apply_reset(reset)
             if self.track_dirty:
                 self._pending_resets.append(reset)
         return removed
+
+    def _highest_generation(self, group: str, key: str | None) -> int:
+        if key is not None:
+            return self._generation(group, key)
+        in_group = [g for (grp, _), g in self._key_gens.items() if grp == group]
+        return max([self._group_gens.get(group, 0), *in_group])
 
     def apply_resets(self, resets: Iterable[ResetState]) -> int:
         """Apply resets heard from other processes (idempotent)."""

@@ -7,6 +7,7 @@ knows of the cluster-wide total without counting anything.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
@@ -60,6 +61,12 @@ def state(request: HttpRequest) -> JsonResponse:
     key = request.GET.get("key", SHARED_KEY)
     rate = request.GET.get("rate") or cluster_rate()
     algorithm = request.GET.get("algorithm", FIXED_WINDOW)
+    # Tests hold a worker busy for a moment so that concurrent requests reach
+    # every gunicorn worker (an idle sync worker would take them all).
+    try:
+        time.sleep(min(max(float(request.GET.get("delay", 0)), 0.0), 1.0))
+    except ValueError:
+        return _bad_request("delay must be a number of seconds")
     if algorithm not in ALGORITHMS:
         return _bad_request(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     limiter = get_limiter()

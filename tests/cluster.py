@@ -63,8 +63,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -96,36 +109,81 @@ class RedisServer:
 class DemoServer:
     """The demo project under uvicorn (ASGI) or gunicorn (WSGI), in its own process group."""
 
-    def __init__(self, kind: str, env: dict[str, str], workers: int = 1,
-                 preload: bool = False) -> None:
+    def __init__(
+        self, kind: str, env: dict[str, str], workers: int = 1, preload: bool = False
+    ) -> None:
         self.kind = kind
         self.port = free_port()
         self.env = env
         self.workers = workers
         self.preload = preload
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix=f"dratelimit-{kind}-", suffix=".log",
-                                               delete=False)
+        self.log = tempfile.NamedTemporaryFile(
+            prefix=f"dratelimit-{kind}-", suffix=".log", delete=False
+        )
 
     def command(self) -> list[str]:
         if self.kind == "uvicorn":
-            return [sys.executable, "-m", "uvicorn", "testproject.asgi:application",
-                    "--host", LOOPBACK, "--port", str(self.port), "--no-access-log",
-                    "--log-level", "warning", "--workers", str(self.workers)]
-        command = [sys.executable, "-m", "gunicorn", "testproject.wsgi:application",
-                   "-b", f"{LOOPBACK}:{self.port}", "-w", str(self.workers),
-                   "--no-control-socket", "--log-level", "warning", "--graceful-timeout", "3"]
+            return [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "testproject.asgi:application",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--workers",
+                str(self.workers),
+            ]
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "testproject.wsgi:application",
+            "-b",
+            f"{LOOPBACK}:{self.port}",
+            "-w",
+            str(self.workers),
+            "--no-control-socket",
+            "--log-level",
+            "warning",
+            "--graceful-timeout",
+            "3",
+        ]
         if self.preload:
             command.append("--preload")
         return command
 
     def start(self) -> DemoServer:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "DJANGO_DEBUG": "0", **self.env}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SETTINGS_MODULE": "testproject.settings",
+            **self.env,
+        }
         self.process = subprocess.Popen(
-            self.command(), cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            self.command(),
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(lambda: self.get("/cluster/noop/")[0] == 200, 30, f"{self.kind} to serve")
+
+        def serving() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited:\n{self.output()}")
+            return self.get("/cluster/noop/")[0] == 200
+
+        try:
+            wait_for(serving, 30, f"{self.kind} to serve")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; output:\n{self.output()}") from None
         return self
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
@@ -160,8 +218,9 @@ class DemoServer:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-def load(servers: Iterable[DemoServer], total: int, path: str = "/cluster/hit/",
-         threads: int = 6) -> dict[str, int]:
+def load(
+    servers: Iterable[DemoServer], total: int, path: str = "/cluster/hit/", threads: int = 6
+) -> dict[str, int]:
     """Send ``total`` GETs round-robin over the servers on keep-alive connections."""
     targets = list(servers)
 

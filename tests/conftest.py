@@ -77,7 +77,11 @@ def layer_config(kind: str, url: str) -> dict[str, object]:
     """The CHANNEL_LAYERS entry README recommends, for the core or the pub/sub layer."""
     host = {"address": url, "socket_timeout": 10}
     if kind == "pubsub":
-        return {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-                "CONFIG": {"hosts": [host]}}
-    return {"BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [host], "capacity": 1000, "group_expiry": 30}}
+        return {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [host]},
+        }
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [host], "capacity": 1000, "group_expiry": 30},
+    }

@@ -238,6 +238,13 @@ async def test_user_key_on_async_view_limits_logged_in_user(
     assert await astatuses(async_client, "/key/async-user/", 2) == [200, 429]
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_user_key_on_async_view_does_not_limit_anonymous_requests(
+    async_client: AsyncClient, limiter: Limiter
+) -> None:
+    assert await astatuses(async_client, "/key/async-user/", 3) == [200, 200, 200]
+
+
 # -- rates and algorithms -------------------------------------------------------------------
 
 

@@ -261,7 +261,7 @@ def test_merged_counts_are_the_max_per_origin_of_the_newest_generation(
         if s.generation < newest[s.group, s.key]:
             continue
         bucket = (s.group, s.key, s.period, s.window_start)
-        generation, counts = expected.setdefault(bucket, (s.generation, {}))
+        _, counts = expected.setdefault(bucket, (s.generation, {}))
         for origin, count in s.counts.items():
             if origin != "me" and count:
                 counts[origin] = max(counts.get(origin, 0), count)

@@ -475,3 +475,14 @@ async def test_user_or_ip_rule_on_the_async_stack_limits_a_logged_in_user(
         responses = [await async_client.get("/api/async/") for _ in range(2)]
 
     assert codes(responses) == [200, 429]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_user_or_ip_rule_on_the_async_stack_falls_back_to_ip_for_anonymous(
+    async_client: AsyncClient, clock: FakeClock
+) -> None:
+    with dratelimit(clock, RULES=[{**API, "key": "user_or_ip", "rate": "1/m"}]) as limiter:
+        responses = [await async_client.get("/api/thing/") for _ in range(2)]
+
+        assert limiter.get("api", "ip:127.0.0.1", "1/m").count == 2
+    assert codes(responses) == [200, 429]

@@ -83,6 +83,7 @@ def test_a_fresh_store_has_its_own_origin() -> None:
 
 def test_on_hit_is_called_with_the_bucket_key(store: CounterStore) -> None:
     seen: list[BucketKey] = []
+    store.track_dirty = True  # the sync thread sets both
     store.on_hit = seen.append
     store.add(bk("a"), 1, NOW)
     store.add(bk("b"), 1, NOW)

@@ -189,12 +189,24 @@ async def test_malformed_and_foreign_messages_are_dropped_and_counted(cluster: C
     bad: list[dict[str, Any]] = [
         {"type": protocol.STATE, "v": 99, "node": "x", "buckets": []},
         {"type": protocol.STATE, "v": 1, "node": "x", "buckets": "nope"},
-        {"type": protocol.STATE, "v": 1, "node": "x", "buckets": [["g", "k", 60, key[3], 0,
-                                                                    {"o": -5}]]},
-        {"type": protocol.STATE, "v": 1, "node": "x", "buckets": [["g", "k", 60, key[3], 0,
-                                                                    {"o": 10**15}]]},
-        {"type": protocol.STATE, "v": 1, "node": "x", "buckets": [["g", "k", 60, key[3], 0,
-                                                                    {"o": 1.5}]]},
+        {
+            "type": protocol.STATE,
+            "v": 1,
+            "node": "x",
+            "buckets": [["g", "k", 60, key[3], 0, {"o": -5}]],
+        },
+        {
+            "type": protocol.STATE,
+            "v": 1,
+            "node": "x",
+            "buckets": [["g", "k", 60, key[3], 0, {"o": 10**15}]],
+        },
+        {
+            "type": protocol.STATE,
+            "v": 1,
+            "node": "x",
+            "buckets": [["g", "k", 60, key[3], 0, {"o": 1.5}]],
+        },
         {"type": protocol.SYNC_REQUEST, "v": 1, "node": "x"},
         {"type": protocol.STATE, "v": 1},
     ]
@@ -281,8 +293,16 @@ async def test_inspect_and_reset_requests_are_answered(cluster: Cluster) -> None
     assert [b[:4] for b in answer["buckets"]] == [list(key)]
     await cluster.layer.group_send(
         GROUP,
-        {"type": protocol.RESET, "v": 1, "node": "cmd", "reply": reply, "request": "r2",
-         "group": "g", "key": "k", "generation": time.time_ns()},
+        {
+            "type": protocol.RESET,
+            "v": 1,
+            "node": "cmd",
+            "reply": reply,
+            "request": "r2",
+            "group": "g",
+            "key": "k",
+            "generation": time.time_ns(),
+        },
     )
     answer = await asyncio.wait_for(cluster.layer.receive(reply), 2)
     assert answer["removed"] == 1

@@ -118,7 +118,7 @@ class DemoServer:
         self.workers = workers
         self.preload = preload
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.NamedTemporaryFile(
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
             prefix=f"dratelimit-{kind}-", suffix=".log", delete=False
         )
 

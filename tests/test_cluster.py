@@ -122,7 +122,7 @@ def test_late_joiner_sees_the_cluster_count_before_its_first_request(
     # /cluster/state/ is this process's first limiter use: it starts the sync
     # thread, which asks the group for state before the request is answered.
     assert late.state()["count"] == 300 == result["admitted"] + result["limited"]
-    status, body = late.get("/cluster/hit/")
+    status, _body = late.get("/cluster/hit/")
     assert status == 429
 
 

@@ -12,7 +12,7 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 
 from django_dratelimit import protocol
-from django_dratelimit.store import CounterStore
+from django_dratelimit.store import BucketState, CounterStore
 from django_dratelimit.sync import SyncNode
 
 GROUP = "dratelimit"
@@ -74,8 +74,8 @@ def bucket(now: float | None = None) -> tuple[str, str, int, int]:
     return ("g", "k", PERIOD, int(now // PERIOD) * PERIOD)
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(condition: Callable[[], bool], within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
@@ -217,7 +217,7 @@ async def test_malformed_and_foreign_messages_are_dropped_and_counted(cluster: C
     await eventually(lambda: node.metrics.unknown_types == 1)
     assert node.store.total(key) == 0
     # The node still works after all that.
-    good = protocol.state_message("peer", [protocol.BucketState(*key, 0, {"peer": 3})])
+    good = protocol.state_message("peer", [BucketState(*key, 0, {"peer": 3})])
     await cluster.layer.group_send(GROUP, good)
     await eventually(lambda: node.store.total(key) == 3)
 
@@ -232,7 +232,7 @@ async def test_handler_error_does_not_stop_the_node(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(node.store, "merge", explode)
-    message = protocol.state_message("peer", [protocol.BucketState(*key, 0, {"peer": 3})])
+    message = protocol.state_message("peer", [BucketState(*key, 0, {"peer": 3})])
     await cluster.layer.group_send(GROUP, message)
     await eventually(lambda: node.metrics.handler_errors == 1)
     monkeypatch.undo()
@@ -256,7 +256,7 @@ async def test_receive_errors_back_off_and_recover(cluster: Cluster) -> None:
     peer = await cluster.add()
     key = bucket()
     peer.store.add(key, 4, time.time())
-    await eventually(lambda: node.store.total(key) == 4, timeout=5)
+    await eventually(lambda: node.store.total(key) == 4, within=5)
     assert node.metrics.broker_errors >= 2
 
 

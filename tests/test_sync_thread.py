@@ -36,7 +36,8 @@ def test_two_processes_worth_of_limiters_converge(redis_layers: str) -> None:
     try:
         first.hit("g", "k", "100/m")
         second.hit("g", "k", "100/m")
-        assert first.sync is not None and second.sync is not None
+        assert first.sync is not None
+        assert second.sync is not None
         assert len(sync_threads()) == 2
         for _ in range(20):
             first.hit("g", "k", "100/m")
@@ -102,7 +103,8 @@ def test_broker_down_at_start_then_up(redis_layers: str, redis_db: RedisServer) 
     limiter = Limiter()
     try:
         assert limiter.hit("g", "k", "100/m").count == 1  # never waits for the broker
-        assert limiter.sync is not None and limiter.sync.node is not None
+        assert limiter.sync is not None
+        assert limiter.sync.node is not None
         node = limiter.sync.node
         wait_for(lambda: node.metrics.broker_errors > 0, 5, "a broker error")
         redis_db.start()

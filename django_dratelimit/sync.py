@@ -21,7 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from channels.layers import channel_layers
+from django.utils.module_loading import import_string
+
 from .conf import conf
+from .consumers import RateLimitConsumer
+from .inspect import apply_reset_request, inspect_answer
 from .logutil import log_throttled
 from .metrics import Metrics
 from .protocol import SYNC_REQUEST, VERSION, chunks, state_message
@@ -77,8 +82,6 @@ class SyncNode:
 
     async def run(self) -> None:
         """Join the group, ask for state, then receive and send until cancelled."""
-        from .consumers import RateLimitConsumer
-
         self._loop = asyncio.get_running_loop()
         self.store.track_dirty = True
         if self.interval == 0:
@@ -267,13 +270,9 @@ class SyncNode:
         }
 
     async def answer_inspect(self, reply: str, message: dict[str, Any]) -> None:
-        from .inspect import inspect_answer
-
         await self.layer.send(reply, inspect_answer(self, message))
 
     async def answer_reset(self, reply: str | None, message: dict[str, Any]) -> None:
-        from .inspect import apply_reset_request
-
         answer = apply_reset_request(self, message)
         if reply is not None:
             await self.layer.send(reply, answer)
@@ -376,8 +375,6 @@ class SyncThread:
                 loop.close()
 
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
-        from channels.layers import channel_layers
-
         self._loop = loop
         self._stop = asyncio.Event()
         try:
@@ -441,6 +438,18 @@ def start_sync(store: CounterStore) -> SyncThread | None:
         return None  # local only; the system checks say so
     if config.get("BACKEND") == _IN_MEMORY:
         return None  # nobody outside this process could hear us
+    # Import the backend here, not in the sync thread: a fork (gunicorn
+    # --preload) during an import in another thread leaves the child a
+    # half-initialised module. The sync thread must never import anything.
+    try:
+        import_string(config["BACKEND"])
+    except Exception as exc:
+        logger.error(
+            "dratelimit: cannot import channel layer %r (%s); counts stay local",
+            config.get("BACKEND"),
+            exc,
+        )
+        return None
     thread = SyncThread(store, alias)
     thread.start()
     if thread.node is None:

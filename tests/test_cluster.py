@@ -195,7 +195,10 @@ def test_gunicorn_preload_workers_converge(
                 seen[int(state["pid"])] = state
         return len(seen) == 2 and all(s["count"] == served for s in seen.values())
 
-    wait_for(both_agree, 10, "both workers to report the total")
+    try:
+        wait_for(both_agree, 10, "both workers to report the total")
+    except TimeoutError:
+        raise AssertionError(f"served={served} seen={seen}\n{server.output()}") from None
     nodes = {s["node"] for s in seen.values()}
     assert len(nodes) == 2  # each worker made its own node id after the fork
 

@@ -170,6 +170,8 @@ def _check_layer_config(alias: str, config: Any) -> list[CheckMessage]:
     for host in hosts:
         timeout: Any = None
         if isinstance(host, dict):
+            if "socket_timeout" in host and host["socket_timeout"] is None:
+                continue  # None: no timeout at all, which is fine
             timeout = host.get("socket_timeout")
             if timeout is None and "socket_timeout=" in str(host.get("address", "")):
                 timeout = str(host["address"]).split("socket_timeout=", 1)[1].split("&")[0]

@@ -13,7 +13,8 @@ from .algorithms import ALGORITHMS
 from .core import ALL, Method, default_group, get_usage
 from .exceptions import Ratelimited
 from .keys import USER_KEYS, aload_user, compile_key
-from .rates import is_dynamic, parse_rate
+from .rates import validate_rate
+from .registry import register
 from .usage import Usage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,9 +47,8 @@ def ratelimit(
     """
     if key is None:
         raise TypeError("@ratelimit needs a key, e.g. key='ip'")
-    compile_key(key)  # a bad key is an error at import time, not on the first request
-    if not is_dynamic(rate):
-        parse_rate(rate)
+    compile_key(key)  # a bad key or rate is an error at import time, not on the first request
+    validate_rate(rate)
     if algorithm is not None and algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
 
@@ -56,6 +56,7 @@ def ratelimit(
 
     def decorator(fn: F) -> F:
         name = group if group is not None else default_group(fn)
+        register(name, rate)
 
         def before(request: HttpRequest) -> None:
             usage = get_usage(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import protocol
+from .registry import known_rates
 from .store import ResetState
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def inspect_answer(node: SyncNode, message: dict[str, Any]) -> dict[str, Any]:
         "request": message.get("request"),
         "info": node.node_info(),
         "buckets": protocol.encode_buckets(states[: min(limit, MAX_INSPECT_BUCKETS)]),
+        "rates": known_rates(),
         "truncated": len(states) > limit,
     }
 

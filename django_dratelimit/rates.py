@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.utils.module_loading import import_string
+
+from .logutil import log_throttled
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -138,10 +141,26 @@ def validate_rate(value: object) -> None:
 
 
 def resolve_rate(value: object, group: str, request: HttpRequest | None) -> tuple[Rate, ...] | None:
-    """The rates that apply to this request; a callable is called with (group, request)."""
-    if is_dynamic(value):
+    """The rates that apply to this request; a callable is called with (group, request).
+
+    A rate callable that raises, or returns something that is not a rate, is
+    logged and the request is not limited by it (as for a key function that
+    raises): a bug in user code must not turn every request into a 500.
+    """
+    if not is_dynamic(value):
+        return parse_rate(value)
+    try:
         return parse_rate(load_rate_callable(value)(group, request))  # type: ignore[arg-type]
-    return parse_rate(value)
+    except Exception:
+        log_throttled(
+            f"rate:{group}",
+            logging.ERROR,
+            "dratelimit: the rate callable of group %r failed; the request is not limited by it",
+            group,
+            every=60.0,
+            exc_info=True,
+        )
+        return None
 
 
 def describe(rate: Rate) -> str:

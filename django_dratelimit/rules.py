@@ -14,6 +14,7 @@ from .algorithms import ALGORITHMS
 from .conf import conf
 from .keys import compile_key
 from .rates import is_dynamic, parse_rate
+from .registry import register
 
 RULE_FIELDS = {"name", "path", "methods", "key", "rate", "algorithm", "block"}
 REQUIRED_FIELDS = ("name", "key", "rate")
@@ -44,6 +45,7 @@ def compile_rule(raw: dict[str, Any]) -> Rule:
     compile_key(raw["key"])
     if not is_dynamic(raw["rate"]):
         parse_rate(raw["rate"])
+    register(str(raw["name"]), raw["rate"])
     return Rule(
         name=str(raw["name"]),
         path=re.compile(raw["path"]) if raw.get("path") is not None else None,

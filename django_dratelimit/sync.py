@@ -94,6 +94,7 @@ class SyncNode:
         self.consumer = RateLimitConsumer(self)
         await self._attempt(self._join_and_announce)
         self.joined.set()
+        _raise_if_cancelling()
         tasks = [
             asyncio.ensure_future(self._receive_loop()),
             asyncio.ensure_future(self._send_loop()),
@@ -402,8 +403,12 @@ class SyncThread:
         task = asyncio.ensure_future(node.run())
         stop = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
-        for pending in (task, stop):
-            pending.cancel()
+        stop.cancel()
+        # Redis clients can swallow a cancellation that lands mid-connect and
+        # carry on, so cancel until the node has really stopped.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
         await asyncio.gather(task, stop, return_exceptions=True)
         if not task.cancelled() and task.exception() is not None:
             logger.error("dratelimit: sync node failed", exc_info=task.exception())

@@ -274,14 +274,17 @@ def test_dotted_path_results_are_parsed(path: str, expected: tuple[Rate, ...]) -
     assert resolve_rate(path, "g", None) == expected
 
 
-def test_a_callable_returning_a_bad_rate_raises() -> None:
-    with pytest.raises(InvalidRate, match="unknown unit"):
-        resolve_rate("tests.test_rates.bad_rate", "g", None)
+def test_a_callable_returning_a_bad_rate_is_logged_and_does_not_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("ERROR", logger="django_dratelimit"):
+        assert resolve_rate("tests.test_rates.bad_rate", "bad-rate-group", None) is None
+    assert "rate callable of group 'bad-rate-group' failed" in caplog.text
+    assert "unknown unit" in caplog.text
 
 
 def test_dotted_path_that_does_not_import() -> None:
-    with pytest.raises(InvalidRate, match="does not import"):
-        resolve_rate("tests.test_rates.no_such_function", "g", None)
+    assert resolve_rate("tests.test_rates.no_such_function", "g", None) is None
     with pytest.raises(InvalidRate, match="does not import"):
         validate_rate("no_such_module.rate")
 

@@ -1,0 +1,21 @@
+"""The static rates this process knows by group, so ``ratelimit inspect`` can show limits."""
+
+from __future__ import annotations
+
+from .rates import Rate, is_dynamic, parse_rate
+
+_known: dict[str, tuple[Rate, ...]] = {}
+
+
+def register(group: str, rate: object) -> None:
+    """Remember a decorator's or rule's rate (dynamic rates are only known per request)."""
+    if is_dynamic(rate):
+        return
+    parsed = parse_rate(rate)
+    if parsed is not None:
+        _known[group] = parsed
+
+
+def known_rates() -> dict[str, list[list[int]]]:
+    """``{group: [[limit, period], ...]}`` for every registered group."""
+    return {group: [[r.limit, r.period] for r in rates] for group, rates in _known.items()}

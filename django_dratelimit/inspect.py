@@ -54,7 +54,23 @@ def apply_reset_request(node: SyncNode, message: dict[str, Any]) -> dict[str, An
         "request": message.get("request"),
         "info": node.node_info(),
         "removed": removed,
+        # The generation now in force. Above the request's when a newer reset (from
+        # a process whose clock runs ahead) already covered this one: the sender can
+        # then retry above it, or counts made since that newer reset would stay.
+        "generation": generation_in_force(node, reset),
     }
 
 
-__all__ = ["ResetState", "apply_reset_request", "inspect_answer"]
+def generation_in_force(node: SyncNode, reset: ResetState) -> int:
+    """The highest reset generation that applies to what ``reset`` targets on this node."""
+    return max(
+        (
+            r.generation
+            for r in node.store.reset_states()
+            if r.group == reset.group and (r.key is None or r.key == reset.key)
+        ),
+        default=0,
+    )
+
+
+__all__ = ["ResetState", "apply_reset_request", "generation_in_force", "inspect_answer"]

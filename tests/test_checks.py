@@ -296,6 +296,7 @@ def test_w002_redis_layer_without_a_long_socket_timeout(hosts: tuple[Any, ...]) 
         ({"address": "redis://127.0.0.1:6379/0", "socket_timeout": 10},),
         ({"address": "redis://127.0.0.1:6379/0?socket_timeout=10"},),
         ("redis://a:6379/0?socket_timeout=10", {"address": "redis://b", "socket_timeout": 6}),
+        ({"address": "redis://127.0.0.1:6379/0", "socket_timeout": None},),  # no timeout at all
     ],
 )
 def test_w002_not_raised_with_a_long_socket_timeout(hosts: tuple[Any, ...]) -> None:

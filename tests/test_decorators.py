@@ -477,3 +477,24 @@ def test_get_usage_argument_errors(
 ) -> None:
     with pytest.raises(error):
         get_usage(rf.get("/"), **kwargs)
+
+
+def test_a_dotted_path_rate_that_does_not_import_fails_at_decoration() -> None:
+    from django_dratelimit.rates import InvalidRate
+
+    with pytest.raises(InvalidRate, match="does not import"):
+        ratelimit(key="ip", rate="tests.no_such_module.rate")
+
+
+def test_decorated_groups_register_their_static_rates() -> None:
+    from django_dratelimit.registry import known_rates
+
+    @ratelimit(group="registered-group", key="ip", rate="7/m")
+    def view(request: Any) -> None: ...
+
+    @ratelimit(group="dynamic-group", key="ip", rate=lambda g, r: "1/s")
+    def other(request: Any) -> None: ...
+
+    rates = known_rates()
+    assert rates["registered-group"] == [[7, 60]]
+    assert "dynamic-group" not in rates

@@ -486,3 +486,29 @@ async def test_user_or_ip_rule_on_the_async_stack_falls_back_to_ip_for_anonymous
 
         assert limiter.get("api", "ip:127.0.0.1", "1/m").count == 2
     assert codes(responses) == [200, 429]
+
+
+# -- user code that fails --------------------------------------------------------------------
+
+
+def failing_rate(group: str, request: Any) -> str:
+    raise RuntimeError("the rate service is down")
+
+
+def test_a_rate_callable_that_raises_never_gives_a_500(
+    client: Client, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    rule = {**API, "rate": "tests.test_middleware.failing_rate"}
+    with dratelimit(clock, RULES=[rule]), caplog.at_level("ERROR", logger="django_dratelimit"):
+        responses = get_many(client, "/api/thing/", 3)
+    assert codes(responses) == [200, 200, 200]
+    assert all(has_no_ratelimit_headers(r) for r in responses)
+    assert "rate callable of group 'api' failed" in caplog.text
+
+
+def test_rule_rates_are_registered_for_inspect(client: Client, clock: FakeClock) -> None:
+    from django_dratelimit.registry import known_rates
+
+    with dratelimit(clock, RULES=[{**API, "rate": "2/m;30/h"}]):
+        client.get("/api/thing/")
+    assert known_rates()["api"] == [[2, 60], [30, 3600]]

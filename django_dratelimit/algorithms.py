@@ -11,7 +11,10 @@ from typing import NamedTuple
 
 FIXED_WINDOW = "fixed_window"
 SLIDING_WINDOW = "sliding_window"
-ALGORITHMS = (FIXED_WINDOW, SLIDING_WINDOW)
+TOKEN_BUCKET = "token_bucket"
+LEAKY_BUCKET = "leaky_bucket"
+BUCKET_ALGORITHMS = (TOKEN_BUCKET, LEAKY_BUCKET)
+ALGORITHMS = (FIXED_WINDOW, SLIDING_WINDOW, TOKEN_BUCKET, LEAKY_BUCKET)
 
 
 class Decision(NamedTuple):
@@ -73,3 +76,69 @@ def _sliding_wait(previous: int, current: int, limit: int, period: int, elapsed:
         return to_window_end
     into_next = period * (current - room) / current
     return to_window_end + max(0.0, into_next)
+
+
+# -- token and leaky buckets ---------------------------------------------------------------
+#
+# A token bucket of capacity C refilling at r = C / period has, at time t, the level
+#     L(t) = min over s <= t of [ C + r (t - s) - consumed(s, t] ]
+# (the bucket was last full at the minimising s). Within an epoch starting at e,
+# with consumed(e, t] = A and the running maximum M of r (s - e) - consumed(e, s)
+# taken just before each consumption, this is
+#     L(t) = r (t - e) - A + min(L(e), C - max(M, r (t - e) - A))
+# Both A (per origin) and M are max-merged registers, so every process derives
+# the same level from the same merged state. L(e) comes from the previous epoch
+# (assumed full at its start), so only a bucket kept empty for more than a whole
+# epoch can be over-estimated, by at most one burst of C per epoch.
+
+EPOCH_PERIODS = 16
+# The register is kept in thousandths of a token, rounded up: the level is then
+# never over-estimated, and under-estimated by at most 0.001 token.
+REGISTER_SCALE = 1000
+
+
+class BucketLevel(NamedTuple):
+    level: float  # tokens available now (may be negative after cluster over-admission)
+    register: float  # the epoch's running maximum M, including now (in tokens)
+
+
+def epoch_length(period: int) -> int:
+    return EPOCH_PERIODS * period
+
+
+def epoch_level(
+    consumed: int, register: int, start_level: float, elapsed: float, capacity: int, period: int
+) -> BucketLevel:
+    """The level ``elapsed`` seconds into an epoch; see the comment above."""
+    refill = capacity * elapsed / period
+    running_max = max(register / REGISTER_SCALE, refill - consumed)
+    return BucketLevel(refill - consumed + min(start_level, capacity - running_max), running_max)
+
+
+def carried_level(consumed: int, register: int, capacity: int, period: int) -> float:
+    """The level at the start of an epoch, from the previous one (assumed full at its start)."""
+    whole = epoch_length(period)
+    return min(
+        float(capacity), epoch_level(consumed, register, capacity, whole, capacity, period).level
+    )
+
+
+def bucket_decision(level: float, cost: int, capacity: int, period: int) -> tuple[bool, Decision]:
+    """Whether ``cost`` tokens can be taken at ``level``, and the usage to report.
+
+    ``cost = 0`` asks without taking: it reports whether one more token is there.
+    ``hits`` is the tokens in use (capacity - level) after the decision.
+    """
+    if capacity <= 0:
+        return False, Decision(0, True, float(2 * period))
+    rate = capacity / period
+    wanted = max(cost, 1)
+    if level >= wanted:
+        after = level - cost
+        return cost > 0, Decision(
+            max(0, math.ceil(capacity - after)), False, (capacity - after) / rate
+        )
+    in_use = max(0, math.ceil(capacity - level))
+    if wanted > capacity:
+        return False, Decision(in_use, True, float(2 * period))  # can never fit
+    return False, Decision(in_use, True, (wanted - level) / rate)

@@ -40,8 +40,7 @@ DEFAULT_TIMEOUT = 2.0
 MAX_TIMEOUT = 60.0
 IN_MEMORY = "channels.layers.InMemoryChannelLayer"
 NO_ANSWER = (
-    "no running process answered; is the site running and configured with the same "
-    "CHANNEL_LAYERS?"
+    "no running process answered; is the site running and configured with the same CHANNEL_LAYERS?"
 )
 _LOCAL_ONLY = (
     "Rate-limit counters live in the memory of each process and cannot be seen from "
@@ -87,16 +86,26 @@ class NodeInfo:
     last_send_ok: float | None
     last_error: str
     metrics: dict[str, Any]
+    # Our clock when the answer arrived: uptime and "last send" are as of then,
+    # not as of the end of the wait.
+    received_at: float
 
-    def uptime(self, now: float) -> float:
-        return max(0.0, now - self.started_at)
+    @property
+    def uptime(self) -> float:
+        return max(0.0, self.received_at - self.started_at)
 
-    def as_dict(self, now: float) -> dict[str, Any]:
+    @property
+    def last_send_age(self) -> float | None:
+        if self.last_send_ok is None:
+            return None
+        return max(0.0, self.received_at - self.last_send_ok)
+
+    def as_dict(self) -> dict[str, Any]:
         return {
             "node": self.node,
             "host": self.host,
             "pid": self.pid,
-            "uptime": round(self.uptime(now), 3),
+            "uptime": round(self.uptime, 3),
             "layer": self.layer,
             "group": self.group,
             "buckets": self.buckets,
@@ -219,7 +228,7 @@ def _count(value: Any, what: str) -> int:
     return protocol._int(value, what, 0, protocol.MAX_COUNT)
 
 
-def parse_info(raw: Any, sender: str) -> NodeInfo:
+def parse_info(raw: Any, sender: str, now: float) -> NodeInfo:
     if not isinstance(raw, dict):
         raise MalformedMessage("info must be a dict")
     if raw.get("node") != sender:
@@ -251,6 +260,7 @@ def parse_info(raw: Any, sender: str) -> NodeInfo:
         last_send_ok=_number(metrics.get("last_send_ok"), "metrics.last_send_ok", True),
         last_error=_string(metrics.get("last_error", ""), "metrics.last_error"),
         metrics=plain,
+        received_at=now,
     )
 
 
@@ -285,15 +295,17 @@ def parse_reply(
         raise MalformedMessage(f"type {message.get('type')!r}, expected {protocol.REPLY}")
     if message.get("request") != request:
         raise _Ignored("a reply to another request")
-    info = parse_info(message.get("info"), sender)
+    info = parse_info(message.get("info"), sender, now)
     if info.group != group:
         raise _Ignored(f"a reply from group {info.group!r}, not {group!r}")
     if kind == protocol.RESET:
         generation = message.get("generation")
+        if generation is not None:
+            # As the nodes bound a reset's generation: ns, not far past our clock.
+            high = int(now * 1e9) + int(protocol.CLOCK_SKEW * 1e9)
+            generation = protocol._int(generation, "generation", 0, high)
         return Answer(
-            info,
-            removed=_count(message.get("removed"), "removed"),
-            generation=None if generation is None else _count(generation, "generation"),
+            info, removed=_count(message.get("removed"), "removed"), generation=generation
         )
     truncated = message.get("truncated", False)
     if not isinstance(truncated, bool):
@@ -329,11 +341,11 @@ def check_timeout(timeout: float) -> float:
 
 
 async def ask(
-    kind: str, fields: dict[str, Any], timeout: float = DEFAULT_TIMEOUT, alias: str | None = None
+    kind: str, fields: dict[str, Any], seconds: float = DEFAULT_TIMEOUT, alias: str | None = None
 ) -> Gathered:
-    """Send one request to the sync group and gather the replies for ``timeout`` seconds."""
+    """Send one request to the sync group and gather the replies for ``seconds``."""
     alias = layer_alias() if alias is None else alias
-    check_timeout(timeout)
+    timeout = check_timeout(seconds)
     group = conf.GROUP
     try:
         # A private instance: the cached one may belong to another loop or thread.
@@ -346,10 +358,11 @@ async def ask(
     finally:
         await close_layer(layer)
     if not gathered.answers:
-        raise NoAnswer(
-            f"{NO_ANSWER} (waited {timeout:g} s for an answer on group {group!r} "
-            f"of channel layer {alias!r})"
-        )
+        detail = f"waited {timeout:g} s for an answer on group {group!r} of layer {alias!r}"
+        if gathered.ignored:
+            were = "reply was" if gathered.ignored == 1 else "replies were"
+            detail += f"; {gathered.ignored} malformed or foreign {were} ignored, see the log"
+        raise NoAnswer(f"{NO_ANSWER} ({detail})")
     return gathered
 
 
@@ -466,15 +479,15 @@ def reset_cluster(
     return asyncio.run(_reset(group, key, timeout))
 
 
-async def _reset(group: str, key: str | None, timeout: float) -> ResetResult:
+async def _reset(group: str, key: str | None, seconds: float) -> ResetResult:
     generation = time.time_ns()
     fields = {"group": group, "key": key, "generation": generation}
-    gathered = await ask(protocol.RESET, fields, timeout)
+    gathered = await ask(protocol.RESET, fields, seconds)
     newer = max((a.generation or 0 for a in gathered.answers), default=0)
     if newer > generation:
         logger.info("dratelimit: a newer reset was in force; resetting again above it")
         generation = newer + 1
-        again = await ask(protocol.RESET, {**fields, "generation": generation}, timeout)
+        again = await ask(protocol.RESET, {**fields, "generation": generation}, seconds)
         removed = {a.info.node: a.removed for a in gathered.answers}
         for answer in again.answers:
             removed[answer.info.node] = removed.get(answer.info.node, 0) + answer.removed

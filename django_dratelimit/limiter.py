@@ -11,6 +11,7 @@ One instance per process, built lazily from settings and dropped when they chang
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -20,7 +21,18 @@ from typing import TYPE_CHECKING, Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .algorithms import SLIDING_WINDOW, sliding_window
+from .algorithms import (
+    BUCKET_ALGORITHMS,
+    FIXED_WINDOW,
+    REGISTER_SCALE,
+    SLIDING_WINDOW,
+    Decision,
+    bucket_decision,
+    carried_level,
+    epoch_length,
+    epoch_level,
+    sliding_window,
+)
 from .conf import conf
 from .rates import Rate, parse_rate, parse_rate_string
 from .store import CounterStore
@@ -65,7 +77,7 @@ class Limiter:
         """Count ``cost`` hits for ``key`` and say whether the limit is exceeded."""
         rates = parse_rate_string(rate) if rate.__class__ is str else _rates(rate)
         algorithm = algorithm or self.algorithm
-        if len(rates) != 1 or algorithm == SLIDING_WINDOW or not self._sync_checked:
+        if len(rates) != 1 or algorithm != FIXED_WINDOW or not self._sync_checked:
             return self.check(group, key, rates, algorithm, cost, name)
         # check()'s fast path again, inline: this is the hot path of the facade.
         now = self.clock()
@@ -108,7 +120,9 @@ class Limiter:
             self._ensure_sync()
         now = self.clock()
         store = self.store
-        if len(rates) == 1 and algorithm != SLIDING_WINDOW:
+        if algorithm in BUCKET_ALGORITHMS:
+            return self._check_buckets(group, key, rates, algorithm, cost, name, now)
+        if len(rates) == 1 and algorithm == FIXED_WINDOW:
             # The common case, kept short: it runs on every request.
             period = rates[0].period
             limit = rates[0].limit
@@ -170,6 +184,87 @@ class Limiter:
             algorithm,
             name,
             tuple(usages),
+        )
+
+    def _check_buckets(
+        self,
+        group: str,
+        key: str,
+        rates: tuple[Rate, ...],
+        algorithm: str,
+        cost: int,
+        name: str,
+        now: float,
+    ) -> Usage:
+        """Token and leaky buckets: tokens are only taken when every rate has them."""
+        if len(rates) == 1:
+            return self._bucket_usage(group, key, rates[0], algorithm, cost, name, now, cost > 0)
+        probes = [
+            self._bucket_usage(group, key, r, algorithm, cost, name, now, False) for r in rates
+        ]
+        usages = probes
+        if cost > 0 and not any(u.should_limit for u in probes):
+            usages = [
+                self._bucket_usage(group, key, r, algorithm, cost, name, now, True) for r in rates
+            ]
+        decisive = most_restrictive(usages)
+        return new_usage(
+            decisive.group,
+            decisive.key,
+            decisive.count,
+            decisive.limit,
+            decisive.period,
+            decisive.should_limit,
+            decisive.time_left,
+            decisive.reset_at,
+            algorithm,
+            name,
+            tuple(usages),
+        )
+
+    def _bucket_usage(
+        self,
+        group: str,
+        key: str,
+        rate: Rate,
+        algorithm: str,
+        cost: int,
+        name: str,
+        now: float,
+        take: bool,
+    ) -> Usage:
+        period, capacity = rate.period, rate.limit
+        length = epoch_length(period)
+        start = int(now) - int(now) % length
+        elapsed = now - start
+        previous = self.store.read((group, key, length, start - length))
+        start_level = carried_level(*previous, capacity, period)
+        outcome: list[Decision] = []
+
+        def decide(total: int, register: int) -> tuple[int, int]:
+            level = epoch_level(total, register, start_level, elapsed, capacity, period)
+            admitted, decision = bucket_decision(level.level, cost, capacity, period)
+            outcome.append(decision)
+            # Rounding the register up only ever lowers the level: never over-admits.
+            return (cost if admitted and take else 0), math.ceil(level.register * REGISTER_SCALE)
+
+        bucket_key = (group, key, length, start)
+        if take:
+            self.store.take(bucket_key, now, decide)
+        else:
+            decide(*self.store.read(bucket_key))
+        in_use, limited, time_left = outcome[0]
+        return new_usage(
+            group,
+            key,
+            in_use,
+            capacity,
+            period,
+            limited,
+            time_left,
+            now + time_left,
+            algorithm,
+            name,
         )
 
     # -- sync --------------------------------------------------------------------

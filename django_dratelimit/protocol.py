@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from .algorithms import EPOCH_PERIODS
 from .rates import MAX_PERIOD
 from .store import BucketState, ResetState
 
@@ -21,7 +22,9 @@ INSPECT = "ratelimit.inspect"
 RESET = "ratelimit.reset"
 REPLY = "ratelimit.reply"
 
-MAX_COUNT = 10**12  # more hits than any real window sees; a bigger count is a lie
+# More than any real window sees (token-bucket registers, in thousandths of a
+# token, reach 16,000 x the capacity): a bigger count is a lie.
+MAX_COUNT = 10**15
 MAX_TEXT = 1024
 MAX_BUCKETS = 10_000
 MAX_ORIGINS = 1_000
@@ -96,7 +99,7 @@ def decode_buckets(raw: Any, now: float) -> list[BucketState]:
         group, key, period, start, generation, counts = item
         group = _text(group, "group")
         key = _text(key, "key")
-        period = _int(period, "period", 1, MAX_PERIOD)
+        period = _int(period, "period", 1, EPOCH_PERIODS * MAX_PERIOD)
         start = _int(start, "window start", 0, int(now + CLOCK_SKEW))
         if start % period:
             raise MalformedMessage("window start is not aligned to its period")

@@ -25,6 +25,9 @@ from typing import NamedTuple
 logger = logging.getLogger("django_dratelimit")
 
 BucketKey = tuple[str, str, int, int]  # group, key, period, window start
+# Origins that start with "~" are registers (max-merged like any origin, but not
+# hits and not part of the total): the token bucket keeps its running maximum there.
+REGISTER = "~max"
 EVICTION_WARNING_EVERY = 60.0
 # Resets are remembered long enough to outlive any bucket they cancel (2 x the longest period).
 RESET_TTL = 2 * 31 * 86400
@@ -42,7 +45,7 @@ class BucketState(NamedTuple):
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        return sum(c for origin, c in self.counts.items() if not origin.startswith("~"))
 
 
 class ResetState(NamedTuple):
@@ -112,6 +115,42 @@ class CounterStore:
         """The cluster-wide total this process knows of (a dict read is atomic)."""
         bucket = self._buckets.get(bucket_key)
         return bucket.total if bucket is not None else 0
+
+    def read(self, bucket_key: BucketKey) -> tuple[int, int]:
+        """A bucket's total and its register (0 and 0 when there is no bucket)."""
+        bucket = self._buckets.get(bucket_key)
+        if bucket is None:
+            return 0, 0
+        return bucket.total, bucket.remote.get(REGISTER, 0)
+
+    def take(
+        self,
+        bucket_key: BucketKey,
+        now: float,
+        decide: Callable[[int, int], tuple[int, int]],
+    ) -> int:
+        """Atomically: ``decide(total, register)`` says how much to add and the new register.
+
+        Used by the token and leaky buckets, whose decision depends on the
+        current state; returns the amount added.
+        """
+        with self._lock:
+            bucket = self._buckets.get(bucket_key)
+            total, register = (bucket.total, bucket.remote.get(REGISTER, 0)) if bucket else (0, 0)
+            amount, new_register = decide(total, register)
+            if amount <= 0:
+                return 0
+            if bucket is None:
+                bucket = self._create(bucket_key, now)
+            bucket.local += amount
+            bucket.total += amount
+            if new_register > register:
+                bucket.remote[REGISTER] = new_register
+            if self.track_dirty:
+                self._dirty.add(bucket_key)
+                if self.on_hit is not None:
+                    self.on_hit(bucket_key)
+            return amount
 
     def _create(self, bucket_key: BucketKey, now: float, generation: int | None = None) -> Bucket:
         # Caller holds the lock.
@@ -222,7 +261,8 @@ class CounterStore:
                     known = remote.get(origin, 0)
                     if count > known:
                         remote[origin] = count
-                        bucket.total += count - known
+                        if origin[0] != "~":
+                            bucket.total += count - known
                         grew = True
                 changed += grew
         return changed

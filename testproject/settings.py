@@ -16,6 +16,15 @@ Environment variables:
   "100/m"), read per request in ``testproject.cluster``.
 - ``DRATELIMIT_SYNC_INTERVAL``, ``DRATELIMIT_ANTI_ENTROPY``,
   ``DRATELIMIT_STARTUP_SYNC_WAIT``: seconds, see the DRATELIMIT settings.
+
+For ``bench/bench_http.py`` (see ``testproject.bench_views``):
+
+- ``DEMO_BENCH_RATE``, ``DEMO_BENCH_ACC_RATE``: the rates of the ``/bench/``
+  endpoints (default "1000000/m" and "100/m").
+- ``DEMO_RATELIMIT_CACHE``: "redis" (needs REDIS_URL) or "locmem" installs
+  django-ratelimit and points its ``RATELIMIT_USE_CACHE`` at that cache.
+- ``DEMO_STRICT_CACHE``: "redis" (needs REDIS_URL) points strict mode's
+  ``STRICT_CACHE`` at the django-redis cache.
 """
 
 from __future__ import annotations
@@ -153,6 +162,21 @@ DRATELIMIT = {
     "ANTI_ENTROPY_INTERVAL": env_float("DRATELIMIT_ANTI_ENTROPY", 5.0),
     "STARTUP_SYNC_WAIT": env_float("DRATELIMIT_STARTUP_SYNC_WAIT", 0.0),
 }
+
+# The benchmark's django-ratelimit variants. LocMemCache is what the benchmark
+# shows going wrong (per-process counts), so its system check is silenced there.
+_ratelimit_cache = os.environ.get("DEMO_RATELIMIT_CACHE", "")
+if _ratelimit_cache:
+    INSTALLED_APPS.append("django_ratelimit")
+    if _ratelimit_cache == "redis":
+        RATELIMIT_USE_CACHE = "redis"
+    elif _ratelimit_cache == "locmem":
+        RATELIMIT_USE_CACHE = "default"
+        SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+    else:
+        raise ValueError(f"DEMO_RATELIMIT_CACHE: 'redis' or 'locmem', not {_ratelimit_cache!r}")
+if os.environ.get("DEMO_STRICT_CACHE") == "redis":
+    DRATELIMIT["STRICT_CACHE"] = "redis"
 
 LOGGING = {
     "version": 1,

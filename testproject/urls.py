@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from testproject import cluster, views
+from testproject import bench_views, cluster, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -19,4 +19,12 @@ urlpatterns = [
     path("cluster/ahit/", cluster.ahit, name="cluster-ahit"),
     path("cluster/state/", cluster.state, name="cluster-state"),
     path("cluster/noop/", cluster.noop, name="cluster-noop"),
+    # bench/bench_http.py: one endpoint per limiter, same view body.
+    path("bench/noop/", bench_views.noop, name="bench-noop"),
+    path("bench/eventual/", bench_views.eventual, name="bench-eventual"),
+    path("bench/eventual/acc/", bench_views.eventual_acc, name="bench-eventual-acc"),
+    path("bench/strict/", bench_views.strict, name="bench-strict"),
+    path("bench/strict/acc/", bench_views.strict_acc, name="bench-strict-acc"),
+    path("bench/dr/", bench_views.dr, name="bench-dr"),
+    path("bench/dr/acc/", bench_views.dr_acc, name="bench-dr-acc"),
 ]

@@ -124,7 +124,13 @@ def test_every_instant_of_a_window_has_the_same_start(instant: tuple[int, float]
 
 
 def test_algorithm_names() -> None:
-    assert ALGORITHMS == (FIXED_WINDOW, SLIDING_WINDOW) == ("fixed_window", "sliding_window")
+    assert ALGORITHMS == (
+        "fixed_window",
+        "sliding_window",
+        "token_bucket",
+        "leaky_bucket",
+    )
+    assert ALGORITHMS[:2] == (FIXED_WINDOW, SLIDING_WINDOW)
 
 
 # -- fixed window -------------------------------------------------------------------

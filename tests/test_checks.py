@@ -115,7 +115,7 @@ def test_e003_flags_must_be_bool(name: str, value: Any) -> None:
     assert ids(**{name: value}) == ["dratelimit.E003"]
 
 
-@pytest.mark.parametrize("value", ["leaky_bucket", "FIXED_WINDOW", None])
+@pytest.mark.parametrize("value", ["gcra", "FIXED_WINDOW", None])
 def test_e004_unknown_algorithm(value: Any) -> None:
     assert ids(ALGORITHM=value) == ["dratelimit.E004"]
 

@@ -199,7 +199,7 @@ async def test_malformed_and_foreign_messages_are_dropped_and_counted(cluster: C
             "type": protocol.STATE,
             "v": 1,
             "node": "x",
-            "buckets": [["g", "k", 60, key[3], 0, {"o": 10**15}]],
+            "buckets": [["g", "k", 60, key[3], 0, {"o": 10**16}]],
         },
         {
             "type": protocol.STATE,

@@ -12,6 +12,7 @@ from django.utils.module_loading import import_string
 
 from .algorithms import ALGORITHMS
 from .conf import DEFAULTS
+from .costs import InvalidCost, compile_cost
 from .keys import InvalidKey, compile_key
 from .rates import InvalidRate, validate_rate
 from .rules import REQUIRED_FIELDS, RULE_FIELDS
@@ -292,6 +293,17 @@ def _check_rule_fields(where: str, rule: dict[str, Any]) -> list[CheckMessage]:
         errors.append(
             _error(f"{where}: methods must be a list of HTTP methods.", 'For example ["POST"].', 12)
         )
+    if "cost" in rule:
+        try:
+            compile_cost(rule["cost"])
+        except InvalidCost as exc:
+            errors.append(
+                _error(
+                    f"{where}: {exc}.",
+                    "Give a positive integer or a callable (group, request) -> int.",
+                    24,
+                )
+            )
     if "block" in rule and not isinstance(rule["block"], bool):
         errors.append(_error(f"{where}: block must be True or False.", "", 23))
     return errors

@@ -11,6 +11,7 @@ from django.http import HttpRequest
 
 from .algorithms import ALGORITHMS
 from .core import ALL, Method, default_group, get_usage
+from .costs import compile_cost, resolve_cost
 from .exceptions import Ratelimited
 from .keys import USER_KEYS, aload_user, compile_key
 from .rates import validate_rate
@@ -38,6 +39,7 @@ def ratelimit(
     method: Method = ALL,
     block: bool = True,
     algorithm: str | None = None,
+    cost: Any = 1,
 ) -> Callable[[F], F]:
     """Limit a view; the arguments mean what they mean in django-ratelimit 4.x.
 
@@ -49,6 +51,7 @@ def ratelimit(
         raise TypeError("@ratelimit needs a key, e.g. key='ip'")
     compile_key(key)  # a bad key or rate is an error at import time, not on the first request
     validate_rate(rate)
+    compiled_cost = compile_cost(cost)
     if algorithm is not None and algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
 
@@ -67,6 +70,7 @@ def ratelimit(
                 method=method,
                 increment=True,
                 algorithm=algorithm,
+                cost=resolve_cost(compiled_cost, name, request),
             )
             if usage is None:
                 request.limited = getattr(request, "limited", False)  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.utils.module_loading import import_string
 
 from .conf import conf
+from .costs import resolve_cost
 from .decorators import USAGES_ATTR, record
 from .exceptions import Ratelimited
 from .headers import set_headers
@@ -100,8 +101,9 @@ class RateLimitMiddleware:
             key = resolve_key(rule.key, rule.name, request)
             if key is None:
                 continue
+            cost = resolve_cost(rule.cost, rule.name, request)
             usage = limiter.check(
-                rule.name, key, rates, rule.algorithm or conf.ALGORITHM, 1, rule.name
+                rule.name, key, rates, rule.algorithm or limiter.algorithm, cost, rule.name
             )
             record(request, usage)
             if usage.should_limit and rule.block and blocking is None:

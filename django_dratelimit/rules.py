@@ -12,11 +12,12 @@ from django.dispatch import receiver
 
 from .algorithms import ALGORITHMS
 from .conf import conf
+from .costs import compile_cost
 from .keys import compile_key
 from .rates import is_dynamic, parse_rate
 from .registry import register
 
-RULE_FIELDS = {"name", "path", "methods", "key", "rate", "algorithm", "block"}
+RULE_FIELDS = {"name", "path", "methods", "key", "rate", "algorithm", "block", "cost"}
 REQUIRED_FIELDS = ("name", "key", "rate")
 
 
@@ -29,6 +30,7 @@ class Rule:
     rate: Any
     algorithm: str | None
     block: bool
+    cost: Any = 1
 
     def matches(self, path: str, method: str | None) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -54,6 +56,7 @@ def compile_rule(raw: dict[str, Any]) -> Rule:
         rate=raw["rate"],
         algorithm=algorithm,
         block=bool(raw.get("block", True)),
+        cost=compile_cost(raw.get("cost", 1)),
     )
 
 

@@ -144,6 +144,12 @@ def render_charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
                     else "_nolegend_",
                 )
                 first = False
+        tallest = max(
+            [servers * limit]
+            + [float(r.get("admitted", 0)) for rows in accuracy.values() for r in rows]
+            + [float(r.get("bound") or 0) for rows in accuracy.values() for r in rows]
+        )
+        ax.set_ylim(0, tallest * 1.45)  # room for the legend above the bars
         ax.set_ylabel(f"requests admitted of {requests:,}")
         ax.set_title(f"Accuracy: limit {limit}/min, {servers} processes, {requests:,} requests")
         ax.legend(fontsize=8, loc="upper left")

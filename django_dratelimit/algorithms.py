@@ -16,6 +16,20 @@ LEAKY_BUCKET = "leaky_bucket"
 BUCKET_ALGORITHMS = (TOKEN_BUCKET, LEAKY_BUCKET)
 ALGORITHMS = (FIXED_WINDOW, SLIDING_WINDOW, TOKEN_BUCKET, LEAKY_BUCKET)
 
+EVENTUAL = "eventual"
+STRICT = "strict"
+CONSISTENCIES = (EVENTUAL, STRICT)
+
+
+def validate_choice(algorithm: str | None, consistency: str) -> None:
+    """Raise ValueError for an unknown algorithm or consistency, or a strict bucket."""
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    if consistency not in CONSISTENCIES:
+        raise ValueError(f"unknown consistency {consistency!r}; use 'eventual' or 'strict'")
+    if consistency == STRICT and algorithm in BUCKET_ALGORITHMS:
+        raise ValueError("consistency 'strict' works with fixed_window and sliding_window only")
+
 
 class Decision(NamedTuple):
     """What an algorithm concludes about one rate at one instant."""

@@ -10,11 +10,13 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, CONSISTENCIES, EVENTUAL, STRICT
+from .checks_strict import check_strict_algorithm, check_strict_cache
 from .conf import DEFAULTS
 from .costs import InvalidCost, compile_cost
 from .keys import InvalidKey, compile_key
 from .rates import InvalidRate, validate_rate
+from .registry import strict_groups
 from .rules import REQUIRED_FIELDS, RULE_FIELDS
 
 MIDDLEWARE_PATH = "django_dratelimit.middleware.RateLimitMiddleware"
@@ -64,7 +66,16 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors += _check_int(get("MAX_MESSAGE_BUCKETS"), "MAX_MESSAGE_BUCKETS", 22, minimum=1)
     errors += _check_sync(get)
     errors += _check_rules(get("RULES"))
+    errors += check_strict_cache(_any_strict(get("RULES")))
     return errors
+
+
+def _any_strict(rules: Any) -> bool:
+    """Strict rules in settings, or strict decorators seen while importing the URLconf."""
+    in_rules = isinstance(rules, list | tuple) and any(
+        isinstance(rule, dict) and rule.get("consistency") == STRICT for rule in rules
+    )
+    return in_rules or bool(strict_groups())
 
 
 def _check_int(value: Any, name: str, id: int, minimum: int) -> list[CheckMessage]:
@@ -293,6 +304,17 @@ def _check_rule_fields(where: str, rule: dict[str, Any]) -> list[CheckMessage]:
         errors.append(
             _error(f"{where}: methods must be a list of HTTP methods.", 'For example ["POST"].', 12)
         )
+    consistency = rule.get("consistency", EVENTUAL)
+    if consistency not in CONSISTENCIES:
+        errors.append(
+            _error(
+                f"{where}: consistency {consistency!r} is unknown.",
+                "Use 'eventual' (the default) or 'strict'.",
+                25,
+            )
+        )
+    elif consistency == STRICT and isinstance(algorithm, str):
+        errors += check_strict_algorithm(where, algorithm)
     if "cost" in rule:
         try:
             compile_cost(rule["cost"])

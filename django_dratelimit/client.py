@@ -368,7 +368,6 @@ async def ask(
 
 async def _ask(layer: Any, kind: str, fields: dict[str, Any], gathered: Gathered) -> None:
     timeout = gathered.timeout
-    deadline = time.monotonic() + timeout
     request = uuid.uuid4().hex
     try:
         # Before sending: the pub/sub layer subscribes here, and a reply published
@@ -393,9 +392,10 @@ async def _ask(layer: Any, kind: str, fields: dict[str, Any], gathered: Gathered
             await asyncio.wait_for(layer.group_send(gathered.group, message), timeout)
         except Exception as exc:
             raise _broker_error(gathered, exc) from exc
-        # Wait the whole timeout: a busy node may answer late, and we cannot know
-        # how many nodes there are.
-        await asyncio.wait([receiving], timeout=max(0.0, deadline - time.monotonic()))
+        # The whole timeout, counted from the moment the request is out (connecting
+        # to a busy broker must not eat into it): a busy node may answer late, and
+        # we cannot know how many nodes there are.
+        await asyncio.wait([receiving], timeout=timeout)
         if receiving.done() and not receiving.cancelled():
             error = receiving.exception()
             if error is not None and not answers:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from .algorithms import ALGORITHMS
+from .algorithms import validate_choice
 from .conf import conf
 from .keys import resolve_key
 from .limiter import get_limiter
@@ -45,6 +45,7 @@ def get_usage(
     algorithm: str | None = None,
     cost: int = 1,
     name: str = "",
+    consistency: str = "eventual",
 ) -> Usage | None:
     """The usage for this request, or None when no limit applies to it.
 
@@ -57,8 +58,7 @@ def get_usage(
         group = default_group(fn)
     if key is None:
         raise TypeError("get_usage() needs a key, e.g. key='ip'")
-    if algorithm is not None and algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    validate_choice(algorithm, consistency)
     if not conf.ENABLED or not method_applies(method, request.method):
         return None
     if rate.__class__ is str and "/" in rate:  # a static rate: skip the dynamic checks
@@ -72,7 +72,13 @@ def get_usage(
         return None
     limiter = get_limiter()
     return limiter.check(
-        group, value, rates, algorithm or limiter.algorithm, cost if increment else 0, name
+        group,
+        value,
+        rates,
+        algorithm or limiter.algorithm,
+        cost if increment else 0,
+        name,
+        consistency,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from django.http import HttpRequest
 
-from .algorithms import ALGORITHMS
+from .algorithms import STRICT, validate_choice
 from .core import ALL, Method, default_group, get_usage
 from .costs import compile_cost, resolve_cost
 from .exceptions import Ratelimited
@@ -40,6 +40,7 @@ def ratelimit(
     block: bool = True,
     algorithm: str | None = None,
     cost: Any = 1,
+    consistency: str = "eventual",
 ) -> Callable[[F], F]:
     """Limit a view; the arguments mean what they mean in django-ratelimit 4.x.
 
@@ -52,14 +53,13 @@ def ratelimit(
     compile_key(key)  # a bad key or rate is an error at import time, not on the first request
     validate_rate(rate)
     compiled_cost = compile_cost(cost)
-    if algorithm is not None and algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    validate_choice(algorithm, consistency)
 
     loads_user = isinstance(key, str) and key in USER_KEYS
 
     def decorator(fn: F) -> F:
         name = group if group is not None else default_group(fn)
-        register(name, rate)
+        register(name, rate, strict=consistency == STRICT)
 
         def before(request: HttpRequest) -> None:
             usage = get_usage(
@@ -71,6 +71,7 @@ def ratelimit(
                 increment=True,
                 algorithm=algorithm,
                 cost=resolve_cost(compiled_cost, name, request),
+                consistency=consistency,
             )
             if usage is None:
                 request.limited = getattr(request, "limited", False)  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ One instance per process, built lazily from settings and dropped when they chang
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -26,6 +27,7 @@ from .algorithms import (
     FIXED_WINDOW,
     REGISTER_SCALE,
     SLIDING_WINDOW,
+    STRICT,
     Decision,
     bucket_decision,
     carried_level,
@@ -35,13 +37,16 @@ from .algorithms import (
 )
 from .conf import conf
 from .rates import Rate, parse_rate, parse_rate_string
+from .registry import known_periods, strict_groups
 from .store import CounterStore
+from .strict import StrictUnavailable, StrictUnsupported, get_strict_counter
 from .usage import Usage, most_restrictive, new_usage
 
 if TYPE_CHECKING:
     from .sync import SyncThread
 
 Clock = Callable[[], float]
+logger = logging.getLogger("django_dratelimit")
 
 
 class Limiter:
@@ -73,12 +78,18 @@ class Limiter:
         algorithm: str | None = None,
         cost: int = 1,
         name: str = "",
+        consistency: str = "eventual",
     ) -> Usage:
         """Count ``cost`` hits for ``key`` and say whether the limit is exceeded."""
         rates = parse_rate_string(rate) if rate.__class__ is str else _rates(rate)
         algorithm = algorithm or self.algorithm
-        if len(rates) != 1 or algorithm != FIXED_WINDOW or not self._sync_checked:
-            return self.check(group, key, rates, algorithm, cost, name)
+        if (
+            len(rates) != 1
+            or algorithm != FIXED_WINDOW
+            or consistency != "eventual"
+            or not self._sync_checked
+        ):
+            return self.check(group, key, rates, algorithm, cost, name, consistency)
         # check()'s fast path again, inline: this is the hot path of the facade.
         now = self.clock()
         period = rates[0].period
@@ -91,19 +102,35 @@ class Limiter:
         )
 
     def get(
-        self, group: str, key: str, rate: Any, *, algorithm: str | None = None, name: str = ""
+        self,
+        group: str,
+        key: str,
+        rate: Any,
+        *,
+        algorithm: str | None = None,
+        name: str = "",
+        consistency: str = "eventual",
     ) -> Usage:
         """The usage of ``key`` without counting a hit."""
-        return self.check(group, key, _rates(rate), algorithm or self.algorithm, 0, name)
+        return self.check(
+            group, key, _rates(rate), algorithm or self.algorithm, 0, name, consistency
+        )
 
     def reset(self, group: str, key: str | None = None) -> int:
         """Forget the counts of ``key`` (or of the whole group) on every process.
 
-        Returns how many buckets this process dropped; the reset travels to the
-        other processes with the next sync round.
+        Returns how many buckets this process dropped (plus the strict-cache
+        counters deleted, for strict groups); the reset travels to the other
+        processes with the next sync round.
         """
         self._ensure_sync()
-        return self.store.reset(group, key)
+        removed = self.store.reset(group, key)
+        if group in strict_groups():
+            try:
+                removed += get_strict_counter().reset(group, key, periods=known_periods(group))
+            except (StrictUnavailable, StrictUnsupported) as exc:
+                logger.warning("dratelimit: strict counters of %r not reset: %s", group, exc)
+        return removed
 
     # -- core ------------------------------------------------------------------
 
@@ -115,7 +142,10 @@ class Limiter:
         algorithm: str,
         cost: int,
         name: str = "",
+        consistency: str = "eventual",
     ) -> Usage:
+        if consistency == STRICT:
+            return self._check_strict(group, key, rates, algorithm, cost, name)
         if not self._sync_checked:
             self._ensure_sync()
         now = self.clock()
@@ -185,6 +215,41 @@ class Limiter:
             name,
             tuple(usages),
         )
+
+    def _check_strict(
+        self,
+        group: str,
+        key: str,
+        rates: tuple[Rate, ...],
+        algorithm: str,
+        cost: int,
+        name: str,
+    ) -> Usage:
+        """Exact across the cluster: one atomic round trip to the strict cache."""
+        now = self.clock()
+        try:
+            return get_strict_counter().check(group, key, rates, algorithm, cost, now, name)
+        except StrictUnavailable:
+            # Already logged (throttled) by the counter; STRICT_FAIL_OPEN decides.
+            fail_open = conf.STRICT_FAIL_OPEN
+            usages = []
+            for rate in rates:
+                end = int(now) - int(now) % rate.period + rate.period
+                usages.append(
+                    new_usage(
+                        group,
+                        key,
+                        0 if fail_open else rate.limit,
+                        rate.limit,
+                        rate.period,
+                        not fail_open,
+                        end - now,
+                        end,
+                        algorithm,
+                        name,
+                    )
+                )
+            return most_restrictive(usages).with_name(name)
 
     def _check_buckets(
         self,

@@ -103,7 +103,13 @@ class RateLimitMiddleware:
                 continue
             cost = resolve_cost(rule.cost, rule.name, request)
             usage = limiter.check(
-                rule.name, key, rates, rule.algorithm or limiter.algorithm, cost, rule.name
+                rule.name,
+                key,
+                rates,
+                rule.algorithm or limiter.algorithm,
+                cost,
+                rule.name,
+                rule.consistency,
             )
             record(request, usage)
             if usage.should_limit and rule.block and blocking is None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from .rates import Rate, is_dynamic, parse_rate
 
 _known: dict[str, tuple[Rate, ...]] = {}
+_strict: set[str] = set()
 
 
-def register(group: str, rate: object) -> None:
+def register(group: str, rate: object, strict: bool = False) -> None:
     """Remember a decorator's or rule's rate (dynamic rates are only known per request)."""
+    if strict:
+        _strict.add(group)
     if is_dynamic(rate):
         return
     parsed = parse_rate(rate)
@@ -19,3 +22,12 @@ def register(group: str, rate: object) -> None:
 def known_rates() -> dict[str, list[list[int]]]:
     """``{group: [[limit, period], ...]}`` for every registered group."""
     return {group: [[r.limit, r.period] for r in rates] for group, rates in _known.items()}
+
+
+def strict_groups() -> set[str]:
+    """Groups counted in the strict cache (their resets must reach it too)."""
+    return set(_strict)
+
+
+def known_periods(group: str) -> list[int]:
+    return [rate.period for rate in _known.get(group, ())]

@@ -10,14 +10,24 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .algorithms import ALGORITHMS
+from .algorithms import EVENTUAL, STRICT, validate_choice
 from .conf import conf
 from .costs import compile_cost
 from .keys import compile_key
 from .rates import is_dynamic, parse_rate
 from .registry import register
 
-RULE_FIELDS = {"name", "path", "methods", "key", "rate", "algorithm", "block", "cost"}
+RULE_FIELDS = {
+    "name",
+    "path",
+    "methods",
+    "key",
+    "rate",
+    "algorithm",
+    "block",
+    "cost",
+    "consistency",
+}
 REQUIRED_FIELDS = ("name", "key", "rate")
 
 
@@ -31,6 +41,7 @@ class Rule:
     algorithm: str | None
     block: bool
     cost: Any = 1
+    consistency: str = EVENTUAL
 
     def matches(self, path: str, method: str | None) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -42,12 +53,12 @@ def compile_rule(raw: dict[str, Any]) -> Rule:
     """Build a Rule, raising ValueError on anything the system checks would report."""
     methods = raw.get("methods")
     algorithm = raw.get("algorithm")
-    if algorithm is not None and algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}")
+    consistency = raw.get("consistency", EVENTUAL)
+    validate_choice(algorithm, consistency)
     compile_key(raw["key"])
     if not is_dynamic(raw["rate"]):
         parse_rate(raw["rate"])
-    register(str(raw["name"]), raw["rate"])
+    register(str(raw["name"]), raw["rate"], strict=consistency == STRICT)
     return Rule(
         name=str(raw["name"]),
         path=re.compile(raw["path"]) if raw.get("path") is not None else None,
@@ -57,6 +68,7 @@ def compile_rule(raw: dict[str, Any]) -> Rule:
         algorithm=algorithm,
         block=bool(raw.get("block", True)),
         cost=compile_cost(raw.get("cost", 1)),
+        consistency=consistency,
     )
 
 

@@ -84,9 +84,12 @@ class RedisServer:
         wait_for(self.ping, 10, "redis-server to answer PING")
 
     def ping(self) -> bool:
-        with socket.create_connection((LOOPBACK, self.port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def command(self, *args: str) -> bytes:
         """Send one inline command and return the raw reply (enough for INFO, FLUSHALL)."""

@@ -91,10 +91,11 @@ class Mode:
     window_needed_s: float  # start an accuracy run with at least this much of the minute left
     inproc_layers: tuple[str, ...]
     accuracy_layers: tuple[str, ...]
+    drain_timeout_s: float  # how long to wait for a backlog of sync messages to drain
 
 
-FULL = Mode("full", 5.0, 30, 50, 1000, 20.0, ("core", "pubsub"), ("core", "pubsub"))
-QUICK = Mode("quick", 1.5, 8, 30, 300, 6.0, ("core",), ("core",))
+FULL = Mode("full", 5.0, 30, 50, 1000, 20.0, ("core", "pubsub"), ("core", "pubsub"), 60.0)
+QUICK = Mode("quick", 1.5, 8, 30, 300, 6.0, ("core",), ("core",), 8.0)
 
 
 # -- small helpers ------------------------------------------------------------------
@@ -687,7 +688,7 @@ def traffic_http(
         return [(m["messages_sent"], m["messages_received"]) for m in metrics]
 
     # Until every queued message is sent and received: they all count.
-    quiet = wait_quiet(activity, max(0.3, 3 * interval), timeout=60)
+    quiet = wait_quiet(activity, max(0.3, 3 * interval), timeout=mode.drain_timeout_s)
     drained = None if quiet is None else time.monotonic() - ended - max(0.3, 3 * interval)
     after = [node_state(s) for s in servers]
     calls_after = command_calls(cluster.redis.port)
@@ -724,6 +725,7 @@ def traffic_inproc(cluster: Cluster, layer: str, interval: float, mode: Mode) ->
                 hits=per_node,
                 expected=per_node * NODES,
                 quiet=max(0.3, 3 * interval),
+                drain_timeout=mode.drain_timeout_s,
             )
         done = [w.expect("done", mode.traffic_s + 150) for w in workers]
         # Snapshot once every node is quiet: a quiet node may still hear a busy one.
@@ -760,7 +762,8 @@ def traffic_inproc(cluster: Cluster, layer: str, interval: float, mode: Mode) ->
 class Convergence:
     interval: float
     burst_size: int
-    samples_s: list[float]
+    samples_s: list[float]  # upper bounds: the answer showing the total had arrived
+    lower_s: list[float]  # lower bounds: the last poll that did not show it was sent
     timeouts: int
     discarded: int
     poll_rtt_s: list[float]
@@ -771,6 +774,7 @@ class Convergence:
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "max_ms": self.max_ms,
+            "lower_p99_ms": 1000 * percentile(self.lower_s, 99),
         }
 
     @property
@@ -791,12 +795,21 @@ def convergence(
 ) -> Convergence:
     clients = [Client(s.port) for s in servers]
     samples: list[float] = []
+    lower: list[float] = []
     rtts: list[float] = []
     timeouts = discarded = 0
     baseline = wait_agreement(servers, 30)
 
-    def poll(client: Client, expected: int, since: float, deadline: float) -> float | None:
-        """Seconds from ``since`` to the first answer showing ``expected`` (upper bound)."""
+    def poll(
+        client: Client, expected: int, since: float, deadline: float
+    ) -> tuple[float, float] | None:
+        """When this node first showed ``expected``, after ``since``: (lower, upper) bounds.
+
+        The node read its count between a poll's send and its answer: the total was
+        there by the answer of the first poll showing it, and not yet when the poll
+        before it was sent.
+        """
+        not_before = 0.0
         while True:
             sent = time.monotonic()
             if sent > deadline:
@@ -809,7 +822,8 @@ def convergence(
             received = time.monotonic()
             rtts.append(received - sent)
             if count >= expected:
-                return received - since if count == expected else None
+                return (not_before, received - since) if count == expected else None
+            not_before = sent - since
             time.sleep(max(0.0, sent + POLL_EVERY - time.monotonic()))
 
     try:
@@ -823,21 +837,23 @@ def convergence(
                 expected = baseline + result["admitted"] + result["limited"]
                 deadline = ended + 5.0
                 futures = [pool.submit(poll, c, expected, ended, deadline) for c in clients]
-                times = [f.result() for f in futures]
+                bounds = [f.result() for f in futures]
                 if result["errors"] or time.time() // TRAFFIC_PERIOD != window:
                     discarded += 1  # the expected total is unknown: start again from agreement
                     baseline = wait_agreement(servers, 30)
                     continue
-                if None in times:
+                known = [b for b in bounds if b is not None]
+                if len(known) < len(bounds):
                     timeouts += 1
                     baseline = wait_agreement(servers, 30)
                     continue
-                samples.append(max(t for t in times if t is not None))
+                lower.append(max(b[0] for b in known))
+                samples.append(max(b[1] for b in known))
                 baseline = expected
     finally:
         for client in clients:
             client.close()
-    return Convergence(interval, mode.burst_size, samples, timeouts, discarded, rtts)
+    return Convergence(interval, mode.burst_size, samples, lower, timeouts, discarded, rtts)
 
 
 # -- scenario C: accuracy ------------------------------------------------------------------
@@ -938,11 +954,11 @@ def accuracy(
 # -- report -----------------------------------------------------------------------------
 
 
-def fmt_s_as_ms(seconds: float | None) -> str:
-    return "not converged" if seconds is None else f"{1000 * seconds:,.0f}"
+def fmt_s_as_ms(seconds: float | None, never: str = "not converged") -> str:
+    return never if seconds is None else f"{1000 * seconds:,.0f}"
 
 
-def traffic_table(rows: Sequence[Traffic]) -> str:
+def traffic_table(rows: Sequence[Traffic], drain_timeout: float) -> str:
     lines = [
         "| driver | layer | SYNC_INTERVAL | hits | hits/s per node | msgs/s per node "
         "(mean / max) | msgs per 1,000 hits | Redis group_sends per 1,000 hits | Redis "
@@ -954,6 +970,7 @@ def traffic_table(rows: Sequence[Traffic]) -> str:
         broker = r.broker
         dropped = broker.get("dropped_over_capacity")
         lag = "n/a" if r.lag is None else f"{r.lag_p99_ms:,.0f}"
+        drain = f"> {drain_timeout:g} s (cut off)"
         lines.append(
             f"| {r.driver} | {r.layer} | {interval_label(r.interval)} | {r.hits:,} "
             f"| {r.hits_per_node_per_s:,.0f} | {r.messages_per_node_per_s:,.1f} / "
@@ -961,7 +978,7 @@ def traffic_table(rows: Sequence[Traffic]) -> str:
             f"| {r.per_1000_hits(broker['group_sends']):,.1f} "
             f"| {r.per_1000_hits(sum(r.redis_calls.values())):,.0f} "
             f"| {'n/a' if dropped is None else f'{dropped:,}'} | {lag} "
-            f"| {fmt_s_as_ms(r.converged_after_s)} | {fmt_s_as_ms(r.drained_after_s)} |"
+            f"| {fmt_s_as_ms(r.converged_after_s)} | {fmt_s_as_ms(r.drained_after_s, drain)} |"
         )
     return "\n".join(lines)
 
@@ -984,14 +1001,17 @@ def redis_table(rows: Sequence[Traffic], top: int = 8) -> str:
 def convergence_table(rows: Sequence[Convergence]) -> str:
     lines = [
         "| SYNC_INTERVAL | bursts | hits per burst | p50 (ms) | p99 (ms) | max (ms) "
-        "| timeouts (> 5 s) | poll round trip, median (ms) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| p99 lower bound (ms) | timeouts (> 5 s) | poll round trip p50 / p99 (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        rtt = 1000 * statistics.median(r.poll_rtt_s) if r.poll_rtt_s else float("nan")
+        rtt50 = 1000 * percentile(r.poll_rtt_s, 50)
+        rtt99 = 1000 * percentile(r.poll_rtt_s, 99)
         lines.append(
             f"| {interval_label(r.interval)} | {len(r.samples_s)} | {r.burst_size} "
-            f"| {r.p50_ms:.0f} | {r.p99_ms:.0f} | {r.max_ms:.0f} | {r.timeouts} | {rtt:.1f} |"
+            f"| {r.p50_ms:.0f} | {r.p99_ms:.0f} | {r.max_ms:.0f} "
+            f"| {1000 * percentile(r.lower_s, 99):.0f} | {r.timeouts} "
+            f"| {rtt50:.1f} / {rtt99:.1f} |"
         )
     return "\n".join(lines)
 
@@ -1140,7 +1160,7 @@ def worker_main() -> int:
                 return (node.metrics.messages_sent, node.metrics.messages_received)
 
             quiet = command["quiet"]
-            drained = wait_quiet(activity, quiet, timeout=60)
+            drained = wait_quiet(activity, quiet, timeout=command["drain_timeout"])
             emit(
                 "done",
                 hits=hits,
@@ -1219,7 +1239,7 @@ def run(mode: Mode, json_path: Path, seed: int) -> int:
         f"{mode.traffic_s:g} s)"
     )
     out.append("")
-    out.append(traffic_table(traffic))
+    out.append(traffic_table(traffic, mode.drain_timeout_s))
     out.append("")
     out.append(
         "msgs: group_sends counted by the nodes' own sync metrics (messages_sent), over the "
@@ -1245,7 +1265,9 @@ def run(mode: Mode, json_path: Path, seed: int) -> int:
     out.append("")
     out.append(
         f"poll every {1000 * POLL_EVERY:g} ms per node, concurrently; a sample is the time "
-        "the last node's answer with the new total arrived (an upper bound by about one poll)."
+        "the last node's answer with the new total arrived (an upper bound); the lower bound "
+        "is when that node's previous poll, still without it, was sent. Slow polls (a busy "
+        "host) widen the gap."
     )
     convergence_values: dict[str, Any] = {}
     for b in bursts:

@@ -32,7 +32,7 @@ from .conf import conf
 from .protocol import MalformedMessage
 from .rates import MAX_LIMIT, MAX_PERIOD, Rate
 from .store import BucketState
-from .sync import _is_idle_timeout, close_layer
+from .sync import close_layer, is_idle_timeout
 
 logger = logging.getLogger("django_dratelimit")
 
@@ -420,7 +420,7 @@ async def _collect(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if _is_idle_timeout(exc):
+            if is_idle_timeout(exc):
                 continue  # redis-py's socket timeout while nobody answers: keep waiting
             raise
         try:

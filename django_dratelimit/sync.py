@@ -39,7 +39,7 @@ MAX_QUEUED_HITS = 10_000
 _IN_MEMORY = "channels.layers.InMemoryChannelLayer"
 
 
-def _is_idle_timeout(exc: BaseException) -> bool:
+def is_idle_timeout(exc: BaseException) -> bool:
     """redis-py's socket timeout firing during an idle blocking receive."""
     return type(exc).__name__ == "TimeoutError" and type(exc).__module__.startswith("redis")
 
@@ -240,7 +240,7 @@ class SyncNode:
                 raise
             except Exception as exc:
                 _raise_if_cancelling()
-                if _is_idle_timeout(exc):
+                if is_idle_timeout(exc):
                     self.metrics.receive_timeouts += 1
                     log_throttled(
                         "idle-timeout",
@@ -412,6 +412,10 @@ class SyncThread:
         await asyncio.gather(task, stop, return_exceptions=True)
         if not task.cancelled() and task.exception() is not None:
             logger.error("dratelimit: sync node failed", exc_info=task.exception())
+        # Best effort: what changed since the last round (a reset made by a
+        # short script, say) goes out before we leave.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(node.flush(), 1.0)
         await node.close()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -456,6 +460,9 @@ def start_sync(store: CounterStore) -> SyncThread | None:
         )
         return None
     thread = SyncThread(store, alias)
+    # From now on changes are queued for the thread, even before its loop runs:
+    # a reset made right after the first use must not be lost.
+    store.track_dirty = True
     thread.start()
     if thread.node is None:
         thread.stop()  # the layer could not be built (logged); limit locally

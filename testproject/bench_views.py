@@ -4,7 +4,8 @@ Every view is a plain sync view with the same body; only the decorator changes:
 
 - ``noop/``: no limiter (the baseline);
 - ``eventual/``: this app's ``@ratelimit`` (eventual mode, synced through the channel layer);
-- ``strict/``: this app's ``@ratelimit(consistency="strict")``, when the app has it;
+- ``strict/``: this app's ``@ratelimit(consistency="strict")``, when the demo was
+  started with ``DEMO_STRICT_CACHE=redis`` (else it answers 501);
 - ``dr/``: django-ratelimit 4.1's ``@ratelimit`` on the cache ``RATELIMIT_USE_CACHE`` names.
 
 Each limiter has a throughput endpoint (rate ``DEMO_BENCH_RATE``, default
@@ -16,11 +17,11 @@ so both libraries see a static rate string: their fast path.
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django_ratelimit.decorators import ratelimit as _dr_ratelimit
 
@@ -35,9 +36,6 @@ ACC_GROUP = "bench-acc"
 BENCH_KEY = "bench"
 BENCH_RATE = os.environ.get("DEMO_BENCH_RATE", "1000000/m")
 ACC_RATE = os.environ.get("DEMO_BENCH_ACC_RATE", "100/m")
-
-# Strict mode is a later feature: use it only once the decorator accepts it.
-STRICT_AVAILABLE = "consistency" in inspect.signature(ratelimit).parameters
 
 
 def constant_key(group: str, request: HttpRequest) -> str:
@@ -79,25 +77,19 @@ def dr_acc(request: HttpRequest) -> JsonResponse:
     return _answer(request)
 
 
-def _not_available(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"error": "strict mode not available yet"}, status=501)
+def _strict_not_configured(request: HttpRequest) -> JsonResponse:
+    detail = "strict mode is not configured: start the demo with DEMO_STRICT_CACHE=redis"
+    return JsonResponse({"error": detail}, status=501)
 
 
-def _strict(rate: str, key: Callable[[str, HttpRequest], str]) -> Callable[..., Any]:
-    if not STRICT_AVAILABLE:
-        return _not_available
-    # The keyword only exists once strict mode does; mypy checks today's signature.
-    decorate: Callable[..., Any] = ratelimit
-    decorator = decorate(
-        group=f"strict-{BENCH_GROUP if key is constant_key else ACC_GROUP}",
-        key=key,
-        rate=rate,
-        block=False,
-        consistency="strict",
-    )
-    view: Callable[..., Any] = decorator(_answer)
-    return view
-
-
-strict = _strict(BENCH_RATE, constant_key)
-strict_acc = _strict(ACC_RATE, query_key)
+# Only with a shared cache: strict rules on the demo's LocMemCache fail the system checks
+# (dratelimit.E031), which would stop runserver.
+strict: Callable[..., Any] = _strict_not_configured
+strict_acc: Callable[..., Any] = _strict_not_configured
+if settings.DRATELIMIT.get("STRICT_CACHE") == "strict":
+    strict = ratelimit(
+        group="bench-strict", key=constant_key, rate=BENCH_RATE, block=False, consistency="strict"
+    )(_answer)
+    strict_acc = ratelimit(
+        group="bench-strict-acc", key=query_key, rate=ACC_RATE, block=False, consistency="strict"
+    )(_answer)

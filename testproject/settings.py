@@ -23,8 +23,8 @@ For ``bench/bench_http.py`` (see ``testproject.bench_views``):
   endpoints (default "1000000/m" and "100/m").
 - ``DEMO_RATELIMIT_CACHE``: "redis" (needs REDIS_URL) or "locmem" installs
   django-ratelimit and points its ``RATELIMIT_USE_CACHE`` at that cache.
-- ``DEMO_STRICT_CACHE``: "redis" (needs REDIS_URL) points strict mode's
-  ``STRICT_CACHE`` at the django-redis cache.
+- ``DEMO_STRICT_CACHE``: "redis" (needs REDIS_URL) adds a django-redis cache
+  ``strict`` for strict mode's ``STRICT_CACHE`` and enables ``/bench/strict/``.
 """
 
 from __future__ import annotations
@@ -175,8 +175,14 @@ if _ratelimit_cache:
         SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
     else:
         raise ValueError(f"DEMO_RATELIMIT_CACHE: 'redis' or 'locmem', not {_ratelimit_cache!r}")
-if os.environ.get("DEMO_STRICT_CACHE") == "redis":
-    DRATELIMIT["STRICT_CACHE"] = "redis"
+if os.environ.get("DEMO_STRICT_CACHE") == "redis" and REDIS_URL:
+    # Short timeouts: a hung Redis must not hold every strict request (dratelimit.W030).
+    CACHES["strict"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+    }
+    DRATELIMIT["STRICT_CACHE"] = "strict"
 
 LOGGING = {
     "version": 1,

@@ -492,6 +492,81 @@ def test_broker_unreachable(core: str) -> None:
         run("nodes", "--timeout", FAST)
 
 
+class ScriptedLayer:
+    """A channel layer whose receive() follows a script: messages, errors, or a hang."""
+
+    def __init__(self, script: list[Any], hang_on: str = "") -> None:
+        self.script = script
+        self.hang_on = hang_on
+        self.sent: list[dict[str, Any]] = []
+        self.closed = False
+        self.requested = asyncio.Event()
+
+    async def _maybe_hang(self, name: str) -> None:
+        if self.hang_on == name:
+            await asyncio.Event().wait()
+
+    async def new_channel(self) -> str:
+        await self._maybe_hang("new_channel")
+        return "specific.command"
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await self._maybe_hang("group_send")
+        self.sent.append(message)
+        self.requested.set()
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        if not self.script:
+            await asyncio.Event().wait()  # nothing more: the command's timeout ends it
+        await self.requested.wait()  # as a broker would: no answer before the request
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        answer: dict[str, Any] = step(self.sent[-1])
+        return answer
+
+    async def close_pools(self) -> None:
+        self.closed = True
+
+
+def test_receive_errors_and_a_silent_broker(core: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.exceptions
+
+    def use(layer: Any) -> Any:
+        monkeypatch.setattr(channel_layers, "make_backend", lambda alias: layer)
+        return layer
+
+    def never_sent(message: dict[str, Any]) -> dict[str, Any]:
+        node = reply(message)
+        del node["info"]["metrics"]["last_send_ok"]
+        return node
+
+    # redis-py's idle socket timeout is not an error: keep waiting for answers.
+    layer = use(ScriptedLayer([redis.exceptions.TimeoutError("idle"), never_sent]))
+    lines = run("nodes", "--timeout", "0.2").splitlines()
+    assert lines[1].split()[-2:] == ["never", "0"]
+    assert layer.closed
+    assert layer.sent[0]["type"] == protocol.INSPECT
+    assert layer.sent[0]["node"] != layer.sent[0]["request"]  # fresh ids, not a node's
+
+    use(ScriptedLayer([ConnectionError("connection reset")]))
+    with pytest.raises(CommandError, match=r"cannot reach .* \(ConnectionError: connection reset"):
+        run("inspect", "--timeout", "0.2")
+    use(ScriptedLayer([], hang_on="new_channel"))
+    with pytest.raises(CommandError, match=r"no response from the broker within 0\.2 s"):
+        run("inspect", "--timeout", "0.2")
+    use(ScriptedLayer([], hang_on="group_send"))
+    with pytest.raises(CommandError, match=r"no response from the broker within 0\.2 s"):
+        run("reset", "g", "--timeout", "0.2")
+
+    def broken(alias: str) -> Any:
+        raise ImportError("no module named 'channels_redis'")
+
+    monkeypatch.setattr(channel_layers, "make_backend", broken)
+    with pytest.raises(CommandError, match="cannot build the channel layer 'default'"):
+        run("nodes")
+
+
 @pytest.mark.parametrize(
     ("overrides", "why"),
     [
@@ -609,6 +684,8 @@ def test_table_fits_80_columns_and_cuts_with_an_ellipsis() -> None:
     assert "k…" in lines[1]
     assert lines[2].split() == ["g", "short", "22"]
     assert lines[2].endswith("22")  # numbers are right-aligned
+    lines = table(["KEY"], [["evil\nkey\x1b[2J"]], right=set(), shrink=[])
+    assert lines == ["KEY", "evil?key?[2J"]  # a key from a request cannot break the table
 
 
 def test_merge_counts_a_missing_bucket_as_zero_unless_the_answer_was_cut() -> None:

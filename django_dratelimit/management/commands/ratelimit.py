@@ -293,6 +293,8 @@ def table(
     ``shrink`` lists (column, narrowest) steps, taken in order until the table
     fits; a cut cell ends (or, for ``keep_tail`` columns, starts) with an ellipsis.
     """
+    # Keys come from requests: a newline or escape sequence must not break the table.
+    rows = [[_printable(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     over = sum(widths) + len(GAP) * (len(widths) - 1) - width
     for column, narrowest in shrink:
@@ -318,6 +320,10 @@ def table(
     lines = [GAP.join(cell(h, i) for i, h in enumerate(headers)).rstrip()]
     lines += [GAP.join(cell(c, i) for i, c in enumerate(row)).rstrip() for row in rows]
     return lines
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _timeout(options: dict[str, Any]) -> float:

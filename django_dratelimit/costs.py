@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest
-from django.utils.module_loading import import_string
 
+from .loading import import_callable
 from .logutil import log_throttled
 
 MAX_COST = 10**6
@@ -29,15 +29,7 @@ def compile_cost(spec: object) -> int | Callable[[str, HttpRequest], Any]:
     if callable(spec):
         return spec
     if isinstance(spec, str):
-        try:
-            loaded = import_string(spec)
-        except ImportError as exc:
-            raise InvalidCost(
-                f"cost {spec!r} is a dotted path that does not import: {exc}"
-            ) from exc
-        if not callable(loaded):
-            raise InvalidCost(f"cost {spec!r} does not name a callable")
-        return loaded  # type: ignore[no-any-return]
+        return import_callable(spec, "cost", InvalidCost)
     return _check_int(spec, spec)
 
 

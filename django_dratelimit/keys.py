@@ -20,6 +20,7 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from .conf import conf
+from .loading import import_callable
 from .logutil import log_throttled
 
 KeyFunc: TypeAlias = Callable[[str, HttpRequest], "str | None"]
@@ -143,13 +144,7 @@ def _compile_key_string(spec: str) -> KeyFunc:
             f"key {spec!r} has an unknown type {kind!r}; use header:NAME, get:NAME or post:NAME"
         )
     if "." in spec:
-        try:
-            loaded = import_string(spec)
-        except ImportError as exc:
-            raise InvalidKey(f"key {spec!r} is a dotted path that does not import: {exc}") from exc
-        if not callable(loaded):
-            raise InvalidKey(f"key {spec!r} does not name a callable")
-        return loaded  # type: ignore[no-any-return]
+        return import_callable(spec, "key", InvalidKey)
     raise InvalidKey(
         f"key {spec!r} is unknown; use ip, user, user_or_ip, header:NAME, get:NAME, post:NAME, "
         "a callable or a dotted path to one"

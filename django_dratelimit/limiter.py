@@ -40,7 +40,7 @@ from .rates import Rate, parse_rate, parse_rate_string
 from .registry import known_periods, strict_groups
 from .store import CounterStore
 from .strict import StrictUnavailable, StrictUnsupported, get_strict_counter
-from .usage import Usage, most_restrictive, new_usage
+from .usage import Usage, combine, most_restrictive, new_usage
 
 if TYPE_CHECKING:
     from .sync import SyncThread
@@ -199,22 +199,7 @@ class Limiter:
                     name,
                 )
             )
-        if len(usages) == 1:
-            return usages[0]
-        decisive = most_restrictive(usages)
-        return Usage(
-            decisive.group,
-            decisive.key,
-            decisive.count,
-            decisive.limit,
-            decisive.period,
-            decisive.should_limit,
-            decisive.time_left,
-            decisive.reset_at,
-            algorithm,
-            name,
-            tuple(usages),
-        )
+        return combine(usages, algorithm, name)
 
     def _check_strict(
         self,
@@ -272,20 +257,7 @@ class Limiter:
             usages = [
                 self._bucket_usage(group, key, r, algorithm, cost, name, now, True) for r in rates
             ]
-        decisive = most_restrictive(usages)
-        return new_usage(
-            decisive.group,
-            decisive.key,
-            decisive.count,
-            decisive.limit,
-            decisive.period,
-            decisive.should_limit,
-            decisive.time_left,
-            decisive.reset_at,
-            algorithm,
-            name,
-            tuple(usages),
-        )
+        return combine(usages, algorithm, name)
 
     def _bucket_usage(
         self,

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from django.utils.module_loading import import_string
-
+from .loading import import_callable
 from .logutil import log_throttled
 
 if TYPE_CHECKING:
@@ -120,15 +119,7 @@ def load_rate_callable(value: object) -> Callable[[str, HttpRequest], Any]:
     if callable(value):
         return value
     if isinstance(value, str):
-        try:
-            loaded = import_string(value)
-        except ImportError as exc:
-            raise InvalidRate(
-                f"rate {value!r} is a dotted path that does not import: {exc}"
-            ) from exc
-        if not callable(loaded):
-            raise InvalidRate(f"rate {value!r} does not name a callable")
-        return loaded  # type: ignore[no-any-return]
+        return import_callable(value, "rate", InvalidRate)
     raise InvalidRate(f"rate {value!r} is not callable")
 
 

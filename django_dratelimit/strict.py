@@ -44,7 +44,7 @@ from .conf import conf
 from .logutil import log_throttled
 from .rates import Rate
 from .store import BucketKey
-from .usage import Usage, most_restrictive, new_usage
+from .usage import Usage, combine, new_usage
 
 PREFIX = "dratelimit"
 # Clocks of the app servers differ a little: a counter outlives its window by this much.
@@ -431,22 +431,7 @@ class StrictCounter:
                     name,
                 )
             )
-        if len(usages) == 1:
-            return usages[0]
-        decisive = most_restrictive(usages)
-        return Usage(
-            decisive.group,
-            decisive.key,
-            decisive.count,
-            decisive.limit,
-            decisive.period,
-            decisive.should_limit,
-            decisive.time_left,
-            decisive.reset_at,
-            algorithm,
-            name,
-            tuple(usages),
-        )
+        return combine(usages, algorithm, name)
 
     # -- administration ------------------------------------------------------------------
 

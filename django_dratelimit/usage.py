@@ -154,3 +154,23 @@ def most_restrictive(usages: list[Usage]) -> Usage:
     if limiting:
         return max(limiting, key=lambda u: u.time_left)
     return min(usages, key=lambda u: (u.remaining / u.limit if u.limit else 0.0, -u.time_left))
+
+
+def combine(usages: list[Usage], algorithm: str, name: str) -> Usage:
+    """One usage for several rates: the most restrictive, with all of them in ``others``."""
+    if len(usages) == 1:
+        return usages[0]
+    decisive = most_restrictive(usages)
+    return new_usage(
+        decisive.group,
+        decisive.key,
+        decisive.count,
+        decisive.limit,
+        decisive.period,
+        decisive.should_limit,
+        decisive.time_left,
+        decisive.reset_at,
+        algorithm,
+        name,
+        tuple(usages),
+    )

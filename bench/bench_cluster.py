@@ -971,11 +971,12 @@ def traffic_table(rows: Sequence[Traffic], drain_timeout: float) -> str:
         dropped = broker.get("dropped_over_capacity")
         lag = "n/a" if r.lag is None else f"{r.lag_p99_ms:,.0f}"
         drain = f"> {drain_timeout:g} s (cut off)"
+        at_least = ">= " if r.drained_after_s is None else ""  # counted until the cut-off
         lines.append(
             f"| {r.driver} | {r.layer} | {interval_label(r.interval)} | {r.hits:,} "
             f"| {r.hits_per_node_per_s:,.0f} | {r.messages_per_node_per_s:,.1f} / "
-            f"{r.max_messages_per_node_per_s:,.1f} | {r.messages_per_1000_hits:,.1f} "
-            f"| {r.per_1000_hits(broker['group_sends']):,.1f} "
+            f"{r.max_messages_per_node_per_s:,.1f} | {at_least}{r.messages_per_1000_hits:,.1f} "
+            f"| {at_least}{r.per_1000_hits(broker['group_sends']):,.1f} "
             f"| {r.per_1000_hits(sum(r.redis_calls.values())):,.0f} "
             f"| {'n/a' if dropped is None else f'{dropped:,}'} | {lag} "
             f"| {fmt_s_as_ms(r.converged_after_s)} | {fmt_s_as_ms(r.drained_after_s, drain)} |"
@@ -1339,6 +1340,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main()
+    # Ctrl-C and SIGTERM both tear everything down (SIGINT may arrive ignored, e.g. from `&`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(QUICK if args.quick else FULL, args.json, args.seed)

@@ -177,6 +177,7 @@ class BucketView:
     per_node: dict[str, int]
     counts: dict[str, int]  # per origin, max-merged over the nodes
     limit: int | None
+    strict: bool = False  # read from the strict cache, not from the nodes
 
     @property
     def window_end(self) -> int:
@@ -199,6 +200,7 @@ class BucketView:
             "limit": self.limit,
             "nodes": self.per_node,
             "counts": self.counts,
+            "strict": self.strict,
         }
 
 

@@ -12,9 +12,21 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import client
+from ...conf import conf
 from ...inspect import MAX_INSPECT_BUCKETS
 from ...protocol import MalformedMessage
-from ...rates import InvalidRate, Rate, describe, is_dynamic, load_rate_callable, parse_rate_string
+from ...rates import (
+    InvalidRate,
+    Rate,
+    describe,
+    is_dynamic,
+    load_rate_callable,
+    parse_rate,
+    parse_rate_string,
+)
+from ...rules import get_rules
+from ...store import BucketKey
+from ...strict import StrictCounter, StrictUnavailable, StrictUnsupported, get_strict_counter
 
 WIDTH = 80
 GAP = "  "
@@ -102,9 +114,22 @@ class Command(BaseCommand):
         group, key = options["group"], options["key"]
         if group == "" or key == "":
             raise CommandError("--group and --key cannot be empty")
-        gathered = client.inspect(group, key, limit, _timeout(options))
+        strict, strict_note = strict_counters(group, key)
+        try:
+            gathered = client.inspect(group, key, limit, _timeout(options))
+        except client.ClusterError as exc:
+            if not strict:
+                raise
+            gathered = client.Gathered(
+                answers=[],
+                alias=str(conf.CHANNEL_LAYER),
+                group=conf.GROUP,
+                timeout=_timeout(options),
+            )
+            strict_note = f"{exc}; showing the strict counters only"
         now = time.time()
-        views = client.merge_buckets(gathered.answers, now)
+        views = client.merge_buckets(gathered.answers, now) + strict_views(strict, now)
+        views.sort(key=lambda view: -view.total)
         truncated = gathered.truncated or len(views) > limit
         views = views[:limit]
         if options["json"]:
@@ -114,6 +139,7 @@ class Command(BaseCommand):
                     "truncated": truncated,
                     "buckets": [view.as_dict(now) for view in views],
                     "nodes": _nodes_json(gathered),
+                    "strict_note": strict_note,
                 }
             )
             return
@@ -126,7 +152,7 @@ class Command(BaseCommand):
                     _duration(view.seconds_left(now)),
                     str(view.total),
                     "?" if view.limit is None else str(view.limit),
-                    f"{view.low}..{view.total}",
+                    "strict cache" if view.strict else f"{view.low}..{view.total}",
                 ]
                 for view in views
             ]
@@ -141,7 +167,10 @@ class Command(BaseCommand):
             self.stdout.write("")
         else:
             self.stdout.write("No live counters match.")
-        self.stdout.write(_footer(gathered))
+        if gathered.answers:
+            self.stdout.write(_footer(gathered))
+        if strict_note:
+            self.stdout.write(strict_note)
         if truncated:
             self.stdout.write(f"Showing the {limit} hottest buckets; raise --limit to see more.")
 
@@ -188,10 +217,21 @@ class Command(BaseCommand):
 
     def handle_reset(self, options: dict[str, Any]) -> None:
         group, key = options["group"], options["key"]
+        strict_removed, strict_note = reset_strict(group, key)
         try:
             result = client.reset_cluster(group, key, _timeout(options))
         except MalformedMessage as exc:
             raise CommandError(f"invalid reset: {exc}") from exc
+        except client.ClusterError:
+            if not strict_removed:
+                raise
+            # A site with strict rules only runs no sync thread: nobody to ask.
+            self.stdout.write(
+                f"Reset {group!r}{'' if key is None else f' key {key!r}'}: "
+                f"{_plural(strict_removed, 'strict counter')} deleted; no running process "
+                "answered for the local counters."
+            )
+            return
         if options["json"]:
             now = time.time()
             self._json(
@@ -201,6 +241,7 @@ class Command(BaseCommand):
                     "confirmed": result.confirmed,
                     "removed": result.removed,
                     "per_node": {a.info.node: a.removed for a in result.gathered.answers},
+                    "strict_removed": strict_removed,
                 }
             )
             return
@@ -211,6 +252,10 @@ class Command(BaseCommand):
         else:
             removed = "no matching counters"
         self.stdout.write(f"Reset {what}: {confirmed} confirmed, {removed}.")
+        if strict_removed:
+            self.stdout.write(f"{_plural(strict_removed, 'strict counter')} deleted too.")
+        elif strict_note:
+            self.stdout.write(strict_note)
         if result.gathered.ignored:
             self.stdout.write(f"{_plural(result.gathered.ignored, 'reply')} ignored (malformed).")
 
@@ -404,3 +449,68 @@ def _stamp(timestamp: float) -> str:
 
 def _short_layer(backend: str) -> str:
     return backend.rsplit(".", 1)[-1].removesuffix("ChannelLayer") or backend
+
+
+# -- strict counters: they live in the strict cache, which the command reads itself ----
+
+
+def _strict_counter() -> tuple[StrictCounter | None, str | None]:
+    """The strict counter, when the strict cache is one whose keys can be listed."""
+    try:
+        counter = get_strict_counter()
+        if not counter.can_enumerate:
+            return None, None  # LocMem and friends: strict mode is not in use there
+    except Exception as exc:  # no such alias, or its backend does not import
+        return None, f"strict cache not read: {exc}"
+    return counter, None
+
+
+def strict_counters(
+    group: str | None, key: str | None
+) -> tuple[list[tuple[BucketKey, int]], str | None]:
+    counter, note = _strict_counter()
+    if counter is None:
+        return [], note
+    try:
+        return counter.live(group, key), None
+    except (StrictUnavailable, StrictUnsupported) as exc:
+        return [], f"strict cache not read: {exc}"
+
+
+def strict_views(counters: list[tuple[BucketKey, int]], now: float) -> list[client.BucketView]:
+    """Strict counters as rows of the inspect table (exact: no per-node disagreement)."""
+    limits = {
+        (rule.name, rate.period): rate.limit
+        for rule in get_rules()
+        if not is_dynamic(rule.rate)
+        for rate in (parse_rate(rule.rate) or ())
+    }
+    views = []
+    for (group, key, period, start), total in counters:
+        if start + period <= now:
+            continue  # kept one more window for sliding windows; not live
+        views.append(
+            client.BucketView(
+                group=group,
+                key=key,
+                period=period,
+                window_start=start,
+                total=total,
+                low=total,
+                per_node={},
+                counts={},
+                limit=limits.get((group, period)),
+                strict=True,
+            )
+        )
+    return views
+
+
+def reset_strict(group: str, key: str | None) -> tuple[int, str | None]:
+    counter, note = _strict_counter()
+    if counter is None:
+        return 0, note
+    try:
+        return counter.reset(group, key), None
+    except (StrictUnavailable, StrictUnsupported) as exc:
+        return 0, f"strict counters not reset: {exc}"

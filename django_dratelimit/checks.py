@@ -138,6 +138,17 @@ def _check_sync(get: Callable[[str], Any]) -> list[CheckMessage]:
         value = get(name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             errors.append(_error(f"DRATELIMIT[{name!r}] must be a number of seconds >= 0.", "", 20))
+    interval = get("SYNC_INTERVAL")
+    if isinstance(interval, int | float) and not isinstance(interval, bool) and interval == 0:
+        errors.append(
+            _warning(
+                "DRATELIMIT['SYNC_INTERVAL'] = 0 sends one sync message per hit. It is kept "
+                "to compare against; under load the sync thread falls behind its own "
+                "traffic, and the over-admission bound in README no longer holds.",
+                "Leave SYNC_INTERVAL at its default (0.05) or set a small positive value.",
+                3,
+            )
+        )
     anti = get("ANTI_ENTROPY_INTERVAL")
     if isinstance(anti, int | float) and not isinstance(anti, bool) and anti == 0:
         errors.append(

@@ -77,7 +77,7 @@ def test_a_full_valid_configuration_is_clean() -> None:
             MAX_KEYS=10,
             CHANNEL_LAYER=None,
             GROUP="my-group_1.x",
-            SYNC_INTERVAL=0,
+            SYNC_INTERVAL=0.02,
             ANTI_ENTROPY_INTERVAL=2.5,
             MAX_MESSAGE_BUCKETS=1,
             STARTUP_SYNC_WAIT=0.5,
@@ -350,3 +350,8 @@ def test_check_command_fails_on_a_bad_rate() -> None:
 def test_check_command_passes_on_clean_settings() -> None:
     with override_settings(DRATELIMIT={"RULES": [RULE]}):
         call_command("check")
+
+
+def test_w003_sync_interval_zero() -> None:
+    assert ids(SYNC_INTERVAL=0) == ["dratelimit.W003"]
+    assert ids(SYNC_INTERVAL=0.01) == []

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from django_dratelimit import registry
 from django_dratelimit.limiter import Limiter, set_limiter
 from django_dratelimit.store import CounterStore
 from tests.cluster import RedisServer
@@ -39,6 +40,17 @@ def limiter(clock: FakeClock) -> Iterator[Limiter]:
     set_limiter(instance)
     yield instance
     set_limiter(None)
+
+
+@pytest.fixture(autouse=True)
+def _restore_registry() -> Iterator[None]:
+    """Rates and strict groups registered by one test must not leak into another's checks."""
+    known, strict = dict(registry._known), set(registry._strict)
+    yield
+    registry._known.clear()
+    registry._known.update(known)
+    registry._strict.clear()
+    registry._strict.update(strict)
 
 
 @pytest.fixture(autouse=True)

@@ -17,17 +17,6 @@ from django_dratelimit.store import CounterStore
 from tests.cluster import RedisServer
 
 
-@pytest.fixture(autouse=True)
-def _forget_strict_groups() -> Iterator[None]:
-    """Strict decorators made here must not make other tests' settings look strict."""
-    from django_dratelimit import registry
-
-    before = set(registry._strict)
-    yield
-    registry._strict.clear()
-    registry._strict.update(before)
-
-
 def redis_cache(url: str) -> dict[str, Any]:
     return {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},

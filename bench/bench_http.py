@@ -41,6 +41,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,33 +80,36 @@ LOCMEM_TOLERANCE = 0.1  # "about N x limit"
 class Mode:
     name: str
     warmup_s: float
-    measure_s: float
+    round_s: int  # whole seconds: wrk's -d
+    rounds: int  # the variants of a server set take turns, round after round
     connections: int  # per server
     acc_requests: int
     acc_margin_s: float  # an accuracy run needs this long before its window ends
     drain_s: float  # after a run, wait at most this long for queued sync messages to go out
-    paired_baselines: bool  # measure the baseline again on every set of servers
+    paired: bool  # measure the baseline again on every set of servers
 
 
 FULL = Mode(
     "full",
     warmup_s=1.0,
-    measure_s=6.0,
+    round_s=2,
+    rounds=3,
     connections=8,
     acc_requests=1000,
     acc_margin_s=8,
     drain_s=15,
-    paired_baselines=True,
+    paired=True,
 )
 QUICK = Mode(
     "quick",
-    warmup_s=0.3,
-    measure_s=1.0,
+    warmup_s=0.2,
+    round_s=1,
+    rounds=1,
     connections=4,
     acc_requests=300,
     acc_margin_s=2,
     drain_s=2,
-    paired_baselines=False,
+    paired=False,  # a smoke run: compare with the first set's baseline only
 )
 
 
@@ -150,13 +154,10 @@ EVENTUAL_PUBSUB = Variant(
     cluster=True,
     sync_interval=SYNC_INTERVAL,
 )
-# Measured again at the end of the first server set: the baseline is the mean of the two,
-# and their difference shows how much the machine's load moved during the pass.
+# The baseline again on every other set of servers: each limiter is compared with the
+# baseline measured on its own servers, in the same minutes.
 PAIRED_BASELINE = Variant(
     "paired_baseline", "no limiter (on this set's servers)", "/bench/noop/", cluster=False
-)
-BASELINE_AGAIN = Variant(
-    "baseline_again", "no limiter (baseline, measured again)", "/bench/noop/", cluster=False
 )
 STRICT = Variant("strict", "dratelimit strict, django-redis", "/bench/strict/", cluster=False)
 DR_REDIS = Variant(
@@ -173,14 +174,13 @@ VARIANTS = (
     STRICT,
     DR_REDIS,
     DR_LOCMEM,
-    BASELINE_AGAIN,
 )
 
 SERVER_SETS = (
     ServerSet(
         "eventual",
         {"DRATELIMIT_SYNC_INTERVAL": str(SYNC_INTERVAL), "DEMO_STRICT_CACHE": "redis"},
-        (BASELINE, EVENTUAL, STRICT, BASELINE_AGAIN),
+        (BASELINE, EVENTUAL, STRICT),
     ),
     # The variants above use channels_redis' RedisChannelLayer (the demo's default).
     ServerSet(
@@ -655,6 +655,8 @@ class Throughput:
     server_cpu_us_per_req: float = 0.0  # CPU time of all server processes per request
     redis_cpu_us_per_req: float = 0.0
     paired_baseline_rps: float = 0.0  # the baseline on the same servers, just before
+    paired_baseline_cpu_us: float = 0.0  # and its server CPU per request
+    rps_rounds: list[float] = field(default_factory=list)
     per_server: list[int] = field(default_factory=list)
 
 
@@ -673,6 +675,65 @@ class Accuracy:
     elapsed_s: float = 0.0
     bound: float | None = None  # README's bound, eventual mode only
     per_process_limit: int = SERVERS * ACC_LIMIT  # what per-process counting lets through
+
+
+@dataclass
+class Round:
+    """One turn of one variant: a fixed-duration run and what it cost."""
+
+    result: LoadResult
+    server_cpu_s: float
+    redis_cpu_s: float
+    commands: dict[str, int]
+    broker_msgs: int | None
+    drain_s: float | None
+
+
+def aggregate(
+    kind: str, variant: Variant, rounds: list[Round], noop: list[Round] | None
+) -> Throughput:
+    """Medians of the rounds for rates and latencies; totals for the per-request costs."""
+    served = max(sum(r.result.requests for r in rounds), 1)
+    commands: dict[str, int] = {}
+    for r in rounds:
+        for name, calls in r.commands.items():
+            commands[name] = commands.get(name, 0) + calls
+    commands = dict(sorted(commands.items(), key=lambda kv: -kv[1]))
+    statuses: dict[str, int] = {}
+    for r in rounds:
+        for status, n in r.result.statuses.items():
+            statuses[status] = statuses.get(status, 0) + n
+    # Each round against the baseline's round just before it, on the same servers.
+    ratios = [
+        r.result.rps / n.result.rps
+        for r, n in zip(rounds, noop or [], strict=False)
+        if n.result.rps
+    ]
+    row = Throughput(
+        variant=variant.name,
+        label=variant.label,
+        server=kind,
+        rps=statistics.median(r.result.rps for r in rounds),
+        p50_ms=statistics.median(r.result.p50_ms for r in rounds),
+        p90_ms=statistics.median(r.result.p90_ms for r in rounds),
+        p99_ms=statistics.median(r.result.p99_ms for r in rounds),
+        vs_baseline=statistics.median(ratios) if ratios else 0.0,
+        requests=served,
+        statuses=statuses,
+        errors=sum(r.result.errors for r in rounds),
+        redis_cmds_per_req=sum(commands.values()) / served,
+        redis_top=dict(list(commands.items())[:6]),
+        per_server=[sum(x) for x in zip(*(r.result.per_server for r in rounds), strict=True)],
+        server_cpu_us_per_req=sum(r.server_cpu_s for r in rounds) * 1e6 / served,
+        redis_cpu_us_per_req=sum(r.redis_cpu_s for r in rounds) * 1e6 / served,
+        rps_rounds=[round(r.result.rps, 1) for r in rounds],
+    )
+    if variant.cluster:
+        row.broker_msgs = sum(r.broker_msgs or 0 for r in rounds)
+        row.broker_msgs_per_req = row.broker_msgs / served
+        drains = [r.drain_s for r in rounds]
+        row.drain_s = None if None in drains else max(d for d in drains if d is not None)
+    return row
 
 
 class Bench:
@@ -725,15 +786,14 @@ class Bench:
     def run_set(self, kind: str, server_set: ServerSet) -> None:
         assert self.redis is not None
         wanted = [v for v in server_set.variants if v is not STRICT or self.strict_available]
-        if self.mode is QUICK:  # a smoke run: the repeated baseline only adds time
-            wanted = [v for v in wanted if v is not BASELINE_AGAIN]
         for variant in server_set.variants:
             if variant is STRICT and not self.strict_available:
                 note = "strict mode not available yet"
                 print(f"{kind}: {variant.label}: skipped: {note}", file=sys.stderr)
                 self.throughput[kind].append(Throughput(variant.name, variant.label, kind, note))
                 self.accuracy[kind].append(Accuracy(variant.name, variant.label, kind, note))
-        if not wanted:
+        limiters = [v for v in wanted if v is not BASELINE]
+        if not limiters and BASELINE not in wanted:
             return
         self.redis.flushall()  # no channel-layer groups or counters left from the last set
         env = {
@@ -744,88 +804,78 @@ class Bench:
         }
         self.log(f"{kind}: starting {SERVERS} servers for {server_set.name}")
         self.servers = start_servers(kind, env)
-        limiters = [v for v in wanted if v not in (BASELINE, BASELINE_AGAIN)]
         try:
-            # The baseline first, on servers that have not used a limiter (no sync thread).
-            # Every set measures it: the machine's load drifts (other jobs on a shared
-            # host), and each limiter is compared with the baseline of its own minute.
-            pairs: list[Throughput] = []
-            if BASELINE in wanted:
-                pairs.append(self.measure(kind, BASELINE))
-            elif self.mode.paired_baselines:
-                pairs.append(self.measure(kind, PAIRED_BASELINE))
-            # Accuracy before throughput: on a quiet cluster, not behind a sync backlog
-            # that a throughput run can leave (SYNC_INTERVAL=0 queues a message per hit).
+            # Accuracy first: on a quiet cluster, not behind a sync backlog that a
+            # throughput run can leave (SYNC_INTERVAL=0 queues one message per hit).
             for variant in limiters:
                 self.measure_accuracy(kind, variant)
-            rows = [self.measure(kind, variant) for variant in limiters]
-            if BASELINE_AGAIN in wanted:
-                pairs.append(self.measure(kind, BASELINE_AGAIN))
-            if pairs:
-                paired = sum(r.rps for r in pairs) / len(pairs)
-                for row in rows:
-                    row.paired_baseline_rps = paired
+            # Throughput: every set measures the baseline too, and the variants take
+            # turns round after round, so that a burst of other work on a shared machine
+            # hits one round (the median drops it) and each limiter is compared with the
+            # baseline measured on the same servers a few seconds earlier.
+            noop = BASELINE if BASELINE in wanted else PAIRED_BASELINE
+            turns = [noop, *limiters] if noop is BASELINE or self.mode.paired else limiters
+            for variant in turns:
+                self.log(f"{kind}: {variant.label}: warm-up {self.mode.warmup_s} s")
+                # Python's client even with wrk: wrk runs whole seconds, a warm-up needs less.
+                self.load(variant.path, duration=self.mode.warmup_s, python=True)
+                if variant.cluster:
+                    self.drain()  # the warm-up's sync messages are not the runs'
+            rounds: dict[str, list[Round]] = {v.name: [] for v in turns}
+            for number in range(1, self.mode.rounds + 1):
+                for variant in turns:
+                    rounds[variant.name].append(self.measure_round(kind, variant, number))
+            baseline: Throughput | None = None
+            if noop in turns:
+                baseline = aggregate(kind, noop, rounds[noop.name], rounds[noop.name])
+                (self.throughput if noop is BASELINE else self.pairs)[kind].append(baseline)
+            for variant in limiters:
+                if baseline is not None:
+                    row = aggregate(kind, variant, rounds[variant.name], rounds[noop.name])
+                    row.paired_baseline_rps = baseline.rps
+                    row.paired_baseline_cpu_us = baseline.server_cpu_us_per_req
+                else:
+                    row = aggregate(kind, variant, rounds[variant.name], None)
+                self.throughput[kind].append(row)
+                self.log(
+                    f"{kind}: {variant.label}: median {row.rps:.0f} req/s, "
+                    f"{row.vs_baseline:.2f} x baseline, {row.server_cpu_us_per_req:.0f} us "
+                    f"server CPU/req, {row.redis_cmds_per_req:.3f} Redis cmds/req"
+                )
         finally:
             for server in self.servers:
                 server.stop()
             self.servers = []
 
-    def measure(self, kind: str, variant: Variant) -> Throughput:
+    def measure_round(self, kind: str, variant: Variant, number: int) -> Round:
         assert self.redis is not None
-        self.log(f"{kind}: {variant.label}: warm-up {self.mode.warmup_s} s")
-        # Python's client even with wrk: wrk runs whole seconds, a warm-up needs less.
-        self.load(variant.path, duration=self.mode.warmup_s, python=True)
-        if variant.cluster:
-            self.drain()  # the warm-up's sync messages are not this run's
-        else:
-            time.sleep(0.2)
         messages_before = sync_messages(self.servers) if variant.cluster else 0
         commands_before = self.redis.commandstats()
         # Each server runs in its own process group (gunicorn's worker included).
         groups = {s.process.pid for s in self.servers}
         redis_pid = {self.redis_server.process.pid}
         cpu_before = cpu_seconds(groups, redis_pid)
-        self.log(f"{kind}: {variant.label}: measuring {self.mode.measure_s} s")
-        result = self.load(variant.path, duration=self.mode.measure_s)
-        cpu_after = cpu_seconds(groups, redis_pid)
+        result = self.load(variant.path, duration=self.mode.round_s)
         drained: float | None = None
         if variant.cluster:
             # SYNC_INTERVAL=0 queues one message per hit and may still be sending them:
-            # count what these requests caused, not only what went out during the run.
+            # count what these requests caused (messages, CPU), not only what went out
+            # during the run; it also keeps the backlog out of the next variant's turn.
             drained = self.drain()
-        commands = command_delta(commands_before, self.redis.commandstats())
-        served = max(result.requests, 1)
-        row = Throughput(
-            variant=variant.name,
-            label=variant.label,
-            server=kind,
-            rps=result.rps,
-            p50_ms=result.p50_ms,
-            p90_ms=result.p90_ms,
-            p99_ms=result.p99_ms,
-            requests=result.requests,
-            statuses=result.statuses,
-            errors=result.errors,
-            redis_cmds_per_req=sum(commands.values()) / served,
-            redis_top=dict(list(commands.items())[:6]),
-            per_server=result.per_server,
-            server_cpu_us_per_req=(cpu_after[0] - cpu_before[0]) * 1e6 / served,
-            redis_cpu_us_per_req=(cpu_after[1] - cpu_before[1]) * 1e6 / served,
+        cpu_after = cpu_seconds(groups, redis_pid)
+        this = Round(
+            result=result,
+            server_cpu_s=cpu_after[0] - cpu_before[0],
+            redis_cpu_s=cpu_after[1] - cpu_before[1],
+            commands=command_delta(commands_before, self.redis.commandstats()),
+            broker_msgs=sync_messages(self.servers) - messages_before if variant.cluster else None,
+            drain_s=drained,
         )
-        if variant.cluster:
-            row.broker_msgs = sync_messages(self.servers) - messages_before
-            row.broker_msgs_per_req = row.broker_msgs / served
-            row.drain_s = drained
-        if variant is PAIRED_BASELINE:
-            self.pairs[kind].append(row)
-        else:
-            self.throughput[kind].append(row)
         self.log(
-            f"{kind}: {variant.label}: {row.rps:.0f} req/s, p99 {row.p99_ms:.1f} ms, "
-            f"{row.server_cpu_us_per_req:.0f} us server CPU/req, "
-            f"{row.redis_cmds_per_req:.3f} Redis cmds/req"
+            f"{kind}: round {number}: {variant.label}: {result.rps:.0f} req/s, "
+            f"p99 {result.p99_ms:.1f} ms"
         )
-        return row
+        return this
 
     def drain(self) -> float | None:
         """Wait until the sync threads stop sending; the seconds it took, None past the cap."""
@@ -833,7 +883,7 @@ class Bench:
         last = sync_messages(self.servers)
         steady = 0
         while time.monotonic() - start < self.mode.drain_s:
-            time.sleep(0.25)
+            time.sleep(0.2)
             now = sync_messages(self.servers)
             steady = steady + 1 if now == last else 0
             last = now
@@ -846,7 +896,7 @@ class Bench:
         key = self.accuracy_key(f"acc-{kind}-{variant.name}-{self.acc_run}", variant)
         # Start every process's sync thread (first limiter use) on a key of its own.
         self.load(f"{variant.path}acc/?k=warm-up-{self.acc_run}", count=SERVERS * 10)
-        time.sleep(0.5)
+        time.sleep(0.3)
         self.log(f"{kind}: {variant.label}: accuracy, {self.mode.acc_requests} requests")
         result = self.load(f"{variant.path}acc/?k={key}", count=self.mode.acc_requests)
         row = Accuracy(
@@ -886,10 +936,8 @@ class Bench:
         return base
 
     def baseline_rps(self, kind: str) -> float:
-        """The mean of the baseline's runs in this pass (0 when there is none)."""
-        runs = [self.row(kind, v.name) for v in (BASELINE, BASELINE_AGAIN)]
-        rates = [r.rps for r in runs if r is not None and r.rps > 0]
-        return sum(rates) / len(rates) if rates else 0.0
+        row = self.row(kind, BASELINE.name)
+        return row.rps if row is not None else 0.0
 
     def finish(self) -> None:
         order = {v.name: i for i, v in enumerate(VARIANTS)}
@@ -897,10 +945,12 @@ class Bench:
             for rows in table.values():
                 rows.sort(key=lambda r: order[r.variant])
         for kind, rows in self.throughput.items():
-            baseline = self.baseline_rps(kind)
-            for row in rows:
-                reference = row.paired_baseline_rps or baseline
-                row.vs_baseline = row.rps / reference if reference and not row.skipped else 0.0
+            baseline = self.row(kind, BASELINE.name)
+            for row in rows:  # without a paired baseline (quick mode): the first set's
+                if not row.skipped and not row.vs_baseline and baseline and baseline.rps:
+                    row.vs_baseline = row.rps / baseline.rps
+                    row.paired_baseline_rps = baseline.rps
+                    row.paired_baseline_cpu_us = baseline.server_cpu_us_per_req
 
     def row(self, kind: str, variant: str) -> Throughput | None:
         for row in self.throughput.get(kind, []):
@@ -961,11 +1011,14 @@ def check_targets(bench: Bench) -> list[Target]:
                 cost = 1 - row.vs_baseline
                 cpu = ""
                 base_row = bench.row(kind, BASELINE.name)
-                if base_row and base_row.server_cpu_us_per_req:
-                    cpu_cost = row.server_cpu_us_per_req / base_row.server_cpu_us_per_req - 1
+                base_cpu = row.paired_baseline_cpu_us or (
+                    base_row.server_cpu_us_per_req if base_row else 0.0
+                )
+                if base_cpu:
+                    cpu_cost = row.server_cpu_us_per_req / base_cpu - 1
                     cpu = (
                         f"; server CPU {row.server_cpu_us_per_req:.0f} vs "
-                        f"{base_row.server_cpu_us_per_req:.0f} us/req ({cpu_cost:+.0%})"
+                        f"{base_cpu:.0f} us/req ({cpu_cost:+.0%})"
                     )
                 targets.append(
                     Target(
@@ -1132,17 +1185,19 @@ def report(bench: Bench, results: dict[str, Any], targets: list[Target]) -> str:
     ]
     for kind in bench.kinds:
         out += [f"### Throughput, {kind}", "", throughput_table(bench.throughput[kind]), ""]
-    if bench.mode.paired_baselines:
-        reference = (
-            "the baseline measured on the same servers just before it (for the first set, "
-            "the mean of its runs before and after)"
-        )
-    else:
-        reference = "the baseline of the pass"
     out += [
-        f'"vs baseline" divides by {reference}. CPU is the user + system time of the server '
-        "processes (and of redis-server) during the run, per request served: it moves less "
-        "than req/s when other jobs share the machine.",
+        f"Each set of servers runs its variants and the baseline in turns, "
+        f"{bench.mode.rounds} round(s) of {bench.mode.round_s} s each: req/s and latencies "
+        'are medians over the rounds; "vs baseline" is the median of each round\'s req/s '
+        + (
+            "over the baseline's round just before it, on the same servers. "
+            if bench.mode.paired
+            else "over the first set's baseline. "
+        )
+        + "CPU is the user + "
+        "system time of the server processes (and of redis-server) per request served, "
+        "including any sync backlog sent after the run: it moves less than req/s when other "
+        "jobs share the machine.",
         "",
     ]
     for kind in bench.kinds:
@@ -1243,6 +1298,7 @@ def main(argv: list[str] | None = None) -> int:
         else f"a keep-alive Python asyncio client in its own process, "
         f"{mode.connections} connections per server"
     )
+    bench.finish()
     results: dict[str, Any] = {
         "command": command,
         "mode": mode.name,
@@ -1263,7 +1319,6 @@ def main(argv: list[str] | None = None) -> int:
         "paired_baselines": {k: [asdict(r) for r in v] for k, v in bench.pairs.items()},
         "accuracy": {k: [asdict(r) for r in v] for k, v in bench.accuracy.items()},
     }
-    bench.finish()
     targets = check_targets(bench)
     results["targets"] = [asdict(t) for t in targets]
 

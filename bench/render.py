@@ -61,6 +61,7 @@ def _bars(
     variants: list[str],
     field: str,
     fmt: str,
+    inside: bool = False,
 ) -> None:
     kinds = list(rows_by_kind)
     width = 0.8 / max(len(kinds), 1)
@@ -72,7 +73,11 @@ def _bars(
                 xs.append(j + (i - (len(kinds) - 1) / 2) * width)
                 ys.append(value)
         bars = ax.bar(xs, ys, width, label=kind, color=COLORS.get(kind))
-        ax.bar_label(bars, labels=[fmt.format(y) for y in ys], fontsize=7, padding=2)
+        labels = [fmt.format(y) for y in ys]
+        if inside:  # clear of the markers drawn just above the bars
+            ax.bar_label(bars, labels=labels, fontsize=8, label_type="center", color="white")
+        else:
+            ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
     ax.set_xticks(range(len(variants)))
     ax.set_xticklabels([SHORT.get(v, v) for v in variants], fontsize=8)
     ax.margins(y=0.15)
@@ -115,7 +120,7 @@ def render_charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
         servers = int(results.get("servers", 3))
         requests = int(results.get("accuracy_requests", 1000))
         fig, ax = plt.subplots(figsize=(10, 5.2))
-        _bars(ax, accuracy, variants, "admitted", "{:.0f}")
+        _bars(ax, accuracy, variants, "admitted", "{:.0f}", inside=True)
         ax.axhline(limit, color="green", linewidth=1.5, label=f"exact ({limit})")
         ax.axhline(
             servers * limit,

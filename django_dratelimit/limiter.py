@@ -59,6 +59,7 @@ class Limiter:
         sync: bool = True,
     ) -> None:
         self.store = store if store is not None else CounterStore(conf.MAX_KEYS)
+        self._add = self.store.add
         self.clock = clock
         # The limiter is rebuilt when settings change, so this cannot go stale.
         self.algorithm = conf.ALGORITHM
@@ -81,24 +82,40 @@ class Limiter:
         consistency: str = "eventual",
     ) -> Usage:
         """Count ``cost`` hits for ``key`` and say whether the limit is exceeded."""
-        rates = parse_rate_string(rate) if rate.__class__ is str else _rates(rate)
-        algorithm = algorithm or self.algorithm
+        # The facade's hot path: one fixed-window rate given as a string. Every
+        # step here is measured (bench/bench_local.py); keep it short.
+        single = _SINGLE_RATES[rate] if rate.__class__ is str else None
         if (
-            len(rates) != 1
-            or algorithm != FIXED_WINDOW
+            single is None
+            or (algorithm is not None and algorithm != FIXED_WINDOW)
+            or self.algorithm != FIXED_WINDOW
             or consistency != "eventual"
             or not self._sync_checked
         ):
-            return self.check(group, key, rates, algorithm, cost, name, consistency)
-        # check()'s fast path again, inline: this is the hot path of the facade.
+            rates = _rates(rate)
+            return self.check(
+                group, key, rates, algorithm or self.algorithm, cost, name, consistency
+            )
+        period, limit = single
         now = self.clock()
-        period = rates[0].period
-        limit = rates[0].limit
         seconds = int(now)
         end = seconds - seconds % period + period
-        current = self.store.add((group, key, period, end - period), cost, now)
-        return new_usage(
-            group, key, current, limit, period, current > limit, end - now, end, algorithm, name
+        current = self._add((group, key, period, end - period), cost, now)
+        return _new_usage(
+            Usage,
+            (
+                group,
+                key,
+                current,
+                limit,
+                period,
+                current > limit,
+                end - now,
+                end,
+                FIXED_WINDOW,
+                name,
+                (),
+            ),
         )
 
     def get(
@@ -328,6 +345,24 @@ class Limiter:
         if self.sync is not None:
             self.sync = None
             self._sync_checked = False
+
+
+class _SingleRates(dict[str, "tuple[int, int] | None"]):
+    """Rate string -> (period, limit) when it is one rate, else None; filled on first use."""
+
+    def __missing__(self, text: str) -> tuple[int, int] | None:
+        try:
+            rates = parse_rate_string(text)
+        except ValueError:
+            return None  # the slow path raises the proper error
+        value = (rates[0].period, rates[0].limit) if len(rates) == 1 else None
+        if len(self) < 1024:
+            self[text] = value
+        return value
+
+
+_SINGLE_RATES = _SingleRates()
+_new_usage = tuple.__new__
 
 
 def _rates(rate: Any) -> tuple[Rate, ...]:

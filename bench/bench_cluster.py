@@ -399,7 +399,7 @@ def server_env(redis: RedisServer, interval: float, layer: str, rate: str) -> di
         "DEMO_CLUSTER_RATE": rate,
         "DRATELIMIT_SYNC_INTERVAL": repr(interval),
         "DRATELIMIT_ANTI_ENTROPY": repr(ANTI_ENTROPY),
-        "DRATELIMIT_LAYER": layer,  # anything but "pubsub" is the core layer
+        "DRATELIMIT_LAYER": layer,  # "core" or "pubsub" (the demo default)
         "DRATELIMIT_STARTUP_SYNC_WAIT": "0",
         "DJANGO_DEBUG": "0",
     }

@@ -1,21 +1,27 @@
 """End to end: what a rate limiter costs per request, and how exact it is across processes.
 
-The demo project runs as 3 server processes (uvicorn, then 3 single-worker
-gunicorn sync servers) on a test-owned redis-server. A load generator in a
-separate process (``wrk`` when installed, else a keep-alive Python client)
-drives the same tiny JSON view behind each limiter:
+The demo project runs as 3 server processes (3 x ``uvicorn --workers 1``, then
+3 x ``gunicorn -w 1`` sync workers) on a redis-server the benchmark starts
+itself. A load generator in a separate process (``wrk`` when installed, else a
+keep-alive Python client) drives the same tiny JSON view behind each limiter
+(``testproject/bench_views.py``):
 
 1. no limiter (the baseline);
-2. ``@ratelimit`` eventual mode, batched sync (``SYNC_INTERVAL`` = 0.05 s, the default);
+2. ``@ratelimit`` eventual mode, batched sync (``SYNC_INTERVAL`` = 0.05 s, the
+   default), on channels_redis' ``RedisChannelLayer``; 2b. the same on
+   ``RedisPubSubChannelLayer``;
 3. the same with ``SYNC_INTERVAL = 0`` (one broker message per hit);
-4. strict mode on django-redis (skipped until ``@ratelimit`` takes ``consistency``);
+4. strict mode on django-redis (skipped while ``@ratelimit`` has no ``consistency``);
 5. django-ratelimit 4.1 on django-redis (the same Redis);
 6. django-ratelimit 4.1 on LocMemCache (per-process counts).
 
 For each: requests per second, latency p50/p99, the ratio to the baseline,
-Redis commands per request (``INFO commandstats`` deltas) and broker messages
-per request (the sync threads' own counters). An accuracy pass then sends 1,000
-requests round-robin to a limit of 100 per minute and counts what got through.
+server and Redis CPU per request, Redis commands per request (``INFO
+commandstats`` deltas) and broker messages per request (the sync threads' own
+counters). Each set of servers measures the baseline too, and the variants take
+turns in rounds, so that the ratios hold up on a machine shared with other work.
+An accuracy pass sends 1,000 requests round-robin to a limit of 100 per minute
+and counts what got through.
 
 Run from the repository root::
 
@@ -24,7 +30,8 @@ Run from the repository root::
 
 The full run writes ``bench/results/http.json`` and ``docs/bench_*.png``; the
 quick run writes to a temporary directory unless ``--out`` is given. It always
-exits 0: the target lines report PASS or FAIL, they do not gate.
+exits 0: the target lines report PASS or FAIL, they do not gate. Re-render the
+charts from a results file with ``python bench/render.py``.
 """
 
 from __future__ import annotations
@@ -179,16 +186,23 @@ VARIANTS = (
 SERVER_SETS = (
     ServerSet(
         "eventual",
-        {"DRATELIMIT_SYNC_INTERVAL": str(SYNC_INTERVAL), "DEMO_STRICT_CACHE": "redis"},
+        {
+            "DRATELIMIT_SYNC_INTERVAL": str(SYNC_INTERVAL),
+            "DEMO_STRICT_CACHE": "redis",
+            "DRATELIMIT_LAYER": "core",
+        },
         (BASELINE, EVENTUAL, STRICT),
     ),
-    # The variants above use channels_redis' RedisChannelLayer (the demo's default).
+    # The variants above use channels_redis' RedisChannelLayer; the next one the
+    # pub/sub layer (the demo's default, and what README recommends).
     ServerSet(
         "eventual_pubsub",
         {"DRATELIMIT_SYNC_INTERVAL": str(SYNC_INTERVAL), "DRATELIMIT_LAYER": "pubsub"},
         (EVENTUAL_PUBSUB,),
     ),
-    ServerSet("eventual_0", {"DRATELIMIT_SYNC_INTERVAL": "0"}, (EVENTUAL_0,)),
+    ServerSet(
+        "eventual_0", {"DRATELIMIT_SYNC_INTERVAL": "0", "DRATELIMIT_LAYER": "core"}, (EVENTUAL_0,)
+    ),
     ServerSet("dr_redis", {"DEMO_RATELIMIT_CACHE": "redis"}, (DR_REDIS,)),
     ServerSet("dr_locmem", {"DEMO_RATELIMIT_CACHE": "locmem"}, (DR_LOCMEM,)),
 )

@@ -97,15 +97,27 @@ def render_charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
     throughput: dict[str, list[dict[str, Any]]] = results.get("throughput", {})
     variants = _variants(throughput)
     if variants:
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 8.5))
+        fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 12))
         _bars(ax1, throughput, variants, "rps", "{:,.0f}")
-        ax1.set_ylabel("requests per second (higher is better)")
+        ax1.set_ylabel("requests per second\n(higher is better)")
         ax1.set_title("Throughput: same view, only the limiter differs")
         ax1.legend()
-        _bars(ax2, throughput, variants, "p99_ms", "{:.1f}")
-        ax2.set_ylabel("p99 latency, ms (lower is better)")
-        ax2.set_title("Latency, 99th percentile")
-        ax2.legend()
+        _bars(ax2, throughput, variants, "vs_baseline", "{:.2f}")
+        ax2.axhline(1.0, color="gray", linewidth=1)
+        ax2.axhline(0.9, color="gray", linewidth=1, linestyle=":", label="90% of the baseline")
+        ax2.set_ylabel("throughput / baseline\n(higher is better)")
+        ax2.set_title(
+            "Throughput relative to no limiter, each against the baseline run just before it "
+            "on the same servers",
+            fontsize=10,
+        )
+        ratios = [float(r.get("vs_baseline") or 0) for rows in throughput.values() for r in rows]
+        ax2.set_ylim(0, max([1.0, *ratios]) * 1.3)  # room for the legend above the bars
+        ax2.legend(fontsize=8, ncol=3, loc="upper center")
+        _bars(ax3, throughput, variants, "p99_ms", "{:.1f}")
+        ax3.set_ylabel("p99 latency, ms\n(lower is better)")
+        ax3.set_title("Latency, 99th percentile")
+        ax3.legend()
         fig.suptitle(_subtitle(results), fontsize=8, y=0.995)
         fig.tight_layout()
         path = out_dir / "bench_throughput.png"

@@ -10,7 +10,8 @@ Environment variables:
 - ``DJANGO_SECRET_KEY``: the secret key (a fixed, insecure demo key by default).
 - ``REDIS_URL``: e.g. ``redis://127.0.0.1:6379/15``; enables the Redis channel
   layer and the ``redis`` cache alias.
-- ``DRATELIMIT_LAYER``: "pubsub" picks RedisPubSubChannelLayer (with REDIS_URL).
+- ``DRATELIMIT_LAYER``: with REDIS_URL, "pubsub" (the default) picks
+  RedisPubSubChannelLayer and "core" channels_redis' RedisChannelLayer.
 - ``DEMO_API_RATE``: the rate of the "api" rule on ``/api/`` (default "30/m").
 - ``DEMO_CLUSTER_RATE``: the rate of the ``/cluster/`` endpoints (default
   "100/m"), read per request in ``testproject.cluster``.
@@ -121,7 +122,9 @@ if REDIS_URL:
     # redis-py's default 5 s socket timeout equals RedisChannelLayer's blocking
     # pop: an idle receive would time out every 5 s.
     _redis_host = {"address": REDIS_URL, "socket_timeout": 10}
-    if os.environ.get("DRATELIMIT_LAYER") == "pubsub":
+    # The pub/sub layer is the cheaper one (one PUBLISH per sync message; see
+    # README, Benchmarks); "core" picks RedisChannelLayer.
+    if os.environ.get("DRATELIMIT_LAYER", "pubsub") != "core":
         CHANNEL_LAYERS = {
             "default": {
                 "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",

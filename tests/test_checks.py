@@ -231,10 +231,12 @@ def test_e019_unknown_channel_layer(alias: Any) -> None:
     assert ids(CHANNEL_LAYER=alias) == ["dratelimit.E019"]
 
 
-def test_e019_no_channel_layers_at_all() -> None:
+def test_no_channel_layers_at_all_means_local_limiting() -> None:
+    # A project without Channels limits per process; only an explicit alias must exist.
     with override_settings(CHANNEL_LAYERS={}):
-        assert ids() == ["dratelimit.E019"]
+        assert ids() == []
         assert ids(CHANNEL_LAYER=None) == []
+        assert ids(CHANNEL_LAYER="default") == ["dratelimit.E019"]
 
 
 @pytest.mark.parametrize(

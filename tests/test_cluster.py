@@ -45,8 +45,7 @@ def server_env(redis: RedisServer, layer: str, **extra: str) -> dict[str, str]:
         "DRATELIMIT_SYNC_INTERVAL": str(SYNC_INTERVAL),
         "DRATELIMIT_ANTI_ENTROPY": "1.0",
     }
-    if layer == "pubsub":
-        env["DRATELIMIT_LAYER"] = "pubsub"
+    env["DRATELIMIT_LAYER"] = layer
     env.update(extra)
     return env
 

@@ -593,7 +593,7 @@ def test_local_only_configurations_say_so(overrides: dict[str, Any], why: str) -
                 "from another process with "
             )
             assert re.search(why, message)
-            assert "channels_redis.core.RedisChannelLayer" in message
+            assert "channels_redis.pubsub.RedisPubSubChannelLayer" in message
             assert "Running a cluster" in message
 
 
@@ -729,17 +729,19 @@ def server_env(redis: RedisServer, layer: str) -> dict[str, str]:
         "DRATELIMIT_SYNC_INTERVAL": "0.05",
         "DRATELIMIT_ANTI_ENTROPY": "1.0",
     }
-    if layer == "pubsub":
-        env["DRATELIMIT_LAYER"] = "pubsub"
+    env["DRATELIMIT_LAYER"] = layer
     return env
 
 
-def manage(redis: RedisServer | None, *args: str) -> subprocess.CompletedProcess[str]:
+def manage(
+    redis: RedisServer | None, *args: str, layer: str = "core"
+) -> subprocess.CompletedProcess[str]:
     """``python manage.py ratelimit ...`` in a process of its own, as a user runs it."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings", "DJANGO_DEBUG": "0"}
     env.pop("REDIS_URL", None)
     if redis is not None:
         env["REDIS_URL"] = redis.url
+        env["DRATELIMIT_LAYER"] = layer  # the same layer as the servers it asks
     return subprocess.run(
         [sys.executable, "manage.py", "ratelimit", *args],
         cwd=ROOT,

@@ -63,9 +63,11 @@ class Limiter:
         self.clock = clock
         # The limiter is rebuilt when settings change, so this cannot go stale.
         self.algorithm = conf.ALGORITHM
+        # The inline path of hit() applies: fixed windows by default, sync checked.
         self.sync: SyncThread | None = None
         # False until the first use; then the sync thread is started (if configured).
         self._sync_checked = not sync
+        self._fast = self._sync_checked and self.algorithm == FIXED_WINDOW
         self._sync_lock = threading.Lock()
 
     # -- public API --------------------------------------------------------
@@ -85,13 +87,7 @@ class Limiter:
         # The facade's hot path: one fixed-window rate given as a string. Every
         # step here is measured (bench/bench_local.py); keep it short.
         single = _SINGLE_RATES[rate] if rate.__class__ is str else None
-        if (
-            single is None
-            or (algorithm is not None and algorithm != FIXED_WINDOW)
-            or self.algorithm != FIXED_WINDOW
-            or consistency != "eventual"
-            or not self._sync_checked
-        ):
+        if single is None or not self._fast or algorithm or consistency != "eventual":
             rates = _rates(rate)
             return self.check(
                 group, key, rates, algorithm or self.algorithm, cost, name, consistency
@@ -328,6 +324,7 @@ class Limiter:
             if self._sync_checked:
                 return
             self._sync_checked = True
+            self._fast = self.algorithm == FIXED_WINDOW
             from .sync import start_sync
 
             self.sync = start_sync(self.store)
@@ -345,6 +342,7 @@ class Limiter:
         if self.sync is not None:
             self.sync = None
             self._sync_checked = False
+            self._fast = False
 
 
 class _SingleRates(dict[str, "tuple[int, int] | None"]):

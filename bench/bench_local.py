@@ -179,19 +179,27 @@ def floor_runner() -> Runner:
     return run
 
 
-def hit_runner(keys: list[str]) -> Runner:
+def hit_runner(keys: list[str], algorithm: str | None = None) -> Runner:
     from django_dratelimit.limiter import Limiter
     from django_dratelimit.store import CounterStore
 
     limiter = Limiter(CounterStore(max_keys=200_000), sync=False)
     hit = limiter.hit
     for key in keys:  # warm up: every bucket exists before timing
-        hit(GROUP, key, RATE)
+        hit(GROUP, key, RATE, algorithm=algorithm)
     items: Iterator[str] = cycle(keys)
 
-    def run(n: int) -> None:
-        for key in islice(items, n):
-            hit(GROUP, key, RATE)
+    if algorithm is None:
+
+        def run(n: int) -> None:
+            for key in islice(items, n):
+                hit(GROUP, key, RATE)
+
+    else:
+
+        def run(n: int) -> None:
+            for key in islice(items, n):
+                hit(GROUP, key, RATE, algorithm=algorithm)
 
     return run
 
@@ -308,9 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         (f"Limiter.hit, {DISTINCT_KEYS:,} keys", hit_runner(keys), DISTINCT_KEYS),
         ("django_dratelimit.is_ratelimited", ours_runner(request), 1),
         ("django_ratelimit.is_ratelimited (LocMemCache)", theirs_runner(request), 1),
+        # The algorithms against fixed window (the Limiter.hit rows above).
+        ("Limiter.hit, 1 key, sliding_window", hit_runner(["k"], "sliding_window"), 1),
+        ("Limiter.hit, 1 key, token_bucket", hit_runner(["k"], "token_bucket"), 1),
+        ("Limiter.hit, 1 key, leaky_bucket", hit_runner(["k"], "leaky_bucket"), 1),
     ]
-    floor, hit1, hit_many, ours, theirs = measure(cases, mode)
-    results = [floor, hit1, hit_many, ours, theirs]
+    floor, hit1, hit_many, ours, theirs, *algorithms = measure(cases, mode)
+    results = [floor, hit1, hit_many, ours, theirs, *algorithms]
     elapsed = time.perf_counter() - started
 
     info = machine_info()

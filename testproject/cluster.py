@@ -51,6 +51,19 @@ async def ahit(request: HttpRequest) -> JsonResponse:
     return _hit_response(request)
 
 
+@csrf_exempt
+@ratelimit(
+    group="cluster-tokens",
+    key=shared_key,
+    rate=cluster_rate,
+    block=False,
+    algorithm="token_bucket",
+)
+def token_hit(request: HttpRequest) -> JsonResponse:
+    """The same shared key, limited by a token bucket that syncs across processes."""
+    return _hit_response(request)
+
+
 def _bad_request(detail: str) -> JsonResponse:
     return JsonResponse({"error": "bad_request", "detail": detail}, status=400)
 

@@ -17,6 +17,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("cluster/hit/", cluster.hit, name="cluster-hit"),
     path("cluster/ahit/", cluster.ahit, name="cluster-ahit"),
+    path("cluster/tokens/", cluster.token_hit, name="cluster-tokens"),
     path("cluster/state/", cluster.state, name="cluster-state"),
     path("cluster/noop/", cluster.noop, name="cluster-noop"),
     # bench/bench_http.py: one endpoint per limiter, same view body.

@@ -216,3 +216,29 @@ def test_a_killed_server_leaves_the_others_working(
     nodes[0].process = None
     load(nodes[1:], 60)
     converged_count(nodes[1:], 150, timeout=5)  # the dead node's hits still count
+
+
+def test_token_bucket_converges_across_three_processes(
+    redis_db: RedisServer, servers: Callable[..., DemoServer]
+) -> None:
+    # 100 tokens refilled over an hour: the refill during the test is a small fraction
+    # of a token, so every process must report the same level.
+    env = server_env(redis_db, "pubsub", DEMO_CLUSTER_RATE="100/h")
+    nodes = [servers("uvicorn", env) for _ in range(3)]
+    warm(nodes)
+    started = time.monotonic()
+    result = load(nodes, 300, path="/cluster/tokens/")
+    rate = 300 / (time.monotonic() - started)
+    assert result["errors"] == 0
+    assert result["admitted"] + result["limited"] == 300
+    assert 100 <= result["admitted"] <= 100 + rate * (SYNC_INTERVAL + LATENCY_ALLOWANCE)
+
+    def levels() -> set[int]:
+        return {
+            n.state(group="cluster-tokens", rate="100/h", algorithm="token_bucket")["count"]
+            for n in nodes
+        }
+
+    agreed = wait_for(lambda: len(levels()) == 1 and levels(), 5, "every process's level")
+    # Tokens in use equal the tokens taken (less the refill): the admitted requests.
+    assert agreed.pop() in range(result["admitted"] - 1, result["admitted"] + 1)

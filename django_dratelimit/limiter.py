@@ -162,57 +162,31 @@ class Limiter:
         if not self._sync_checked:
             self._ensure_sync()
         now = self.clock()
-        store = self.store
         if algorithm in BUCKET_ALGORITHMS:
             return self._check_buckets(group, key, rates, algorithm, cost, name, now)
-        if len(rates) == 1 and algorithm == FIXED_WINDOW:
-            # The common case, kept short: it runs on every request.
-            period = rates[0].period
-            limit = rates[0].limit
-            seconds = int(now)
-            end = seconds - seconds % period + period
-            bucket_key = (group, key, period, end - period)
-            current = store.add(bucket_key, cost, now) if cost else store.total(bucket_key)
-            return new_usage(
-                group,
-                key,
-                current,
-                limit,
-                period,
-                current > limit,
-                end - now,
-                end,
-                algorithm,
-                name,
-            )
-        usages = []
-        for rate in rates:
-            period = rate.period
-            limit = rate.limit
-            start = int(now // period) * period
-            bucket_key = (group, key, period, start)
-            current = store.add(bucket_key, cost, now) if cost else store.total(bucket_key)
-            end = start + period
-            if algorithm == SLIDING_WINDOW:
-                previous = store.total((group, key, period, start - period))
-                count, limited, time_left = sliding_window(previous, current, limit, period, now)
-            else:
-                count, limited, time_left = current, current > limit, end - now
-            usages.append(
-                Usage(
-                    group,
-                    key,
-                    count,
-                    limit,
-                    period,
-                    limited,
-                    time_left,
-                    now + time_left,
-                    algorithm,
-                    name,
-                )
-            )
+        if len(rates) == 1:  # the common case: no list, no combining
+            return self._window_usage(group, key, rates[0], algorithm, cost, name, now)
+        usages = [self._window_usage(group, key, r, algorithm, cost, name, now) for r in rates]
         return combine(usages, algorithm, name)
+
+    def _window_usage(
+        self, group: str, key: str, rate: Rate, algorithm: str, cost: int, name: str, now: float
+    ) -> Usage:
+        """Fixed and sliding windows: count in the epoch-aligned window containing ``now``."""
+        store = self.store
+        period, limit = rate.period, rate.limit
+        seconds = int(now)
+        start = seconds - seconds % period
+        bucket_key = (group, key, period, start)
+        current = store.add(bucket_key, cost, now) if cost else store.total(bucket_key)
+        if algorithm == SLIDING_WINDOW:
+            previous = store.total((group, key, period, start - period))
+            count, limited, time_left = sliding_window(previous, current, limit, period, now)
+        else:
+            count, limited, time_left = current, current > limit, start + period - now
+        return new_usage(
+            group, key, count, limit, period, limited, time_left, now + time_left, algorithm, name
+        )
 
     def _check_strict(
         self,

@@ -137,6 +137,11 @@ def carried_level(consumed: int, register: int, capacity: int, period: int) -> f
     )
 
 
+def _in_use(capacity: int, level: float, slack: float) -> int:
+    """Whole tokens in use, ignoring the register's rounding."""
+    return max(0, min(capacity, math.ceil(capacity - level - slack)))
+
+
 def bucket_decision(level: float, cost: int, capacity: int, period: int) -> tuple[bool, Decision]:
     """Whether ``cost`` tokens can be taken at ``level``, and the usage to report.
 
@@ -147,12 +152,15 @@ def bucket_decision(level: float, cost: int, capacity: int, period: int) -> tupl
         return False, Decision(0, True, float(2 * period))
     rate = capacity / period
     wanted = max(cost, 1)
-    if level >= wanted:
-        after = level - cost
+    # The register is rounded up to 1/REGISTER_SCALE of a token: the level is low
+    # by less than that. Allow for it, or the last token of a burst is refused.
+    slack = 1 / REGISTER_SCALE
+    if level + slack >= wanted:
+        after = max(0.0, level - cost)
         return cost > 0, Decision(
-            max(0, math.ceil(capacity - after)), False, (capacity - after) / rate
+            _in_use(capacity, after, slack), False, (capacity - after) / rate
         )
-    in_use = max(0, math.ceil(capacity - level))
+    in_use = _in_use(capacity, level, slack)
     if wanted > capacity:
         return False, Decision(in_use, True, float(2 * period))  # can never fit
     return False, Decision(in_use, True, (wanted - level) / rate)

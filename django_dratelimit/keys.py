@@ -170,6 +170,8 @@ def normalize(value: object) -> str | None:
     if value is None:
         return None
     text = value if isinstance(value, str) else str(value)
+    if not text:
+        return None  # an empty key is no key: not a bucket shared by everybody
     if len(text) > MAX_KEY_BYTES // 4:
         raw = text.encode("utf-8", "surrogateescape")
         if len(raw) > MAX_KEY_BYTES:

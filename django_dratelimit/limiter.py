@@ -84,6 +84,8 @@ class Limiter:
         consistency: str = "eventual",
     ) -> Usage:
         """Count ``cost`` hits for ``key`` and say whether the limit is exceeded."""
+        if not key or not group:
+            raise ValueError("limiter.hit() needs a non-empty group and key")
         # The facade's hot path: one fixed-window rate given as a string. Every
         # step here is measured (bench/bench_local.py); keep it short.
         single = _SINGLE_RATES[rate] if rate.__class__ is str else None

@@ -408,7 +408,6 @@ def _sha(text: str) -> str:
         "€" * (MAX_KEY_BYTES // 3),  # three bytes each: 255 bytes
         "😀" * (MAX_KEY_BYTES // 4),  # four bytes each: exactly 256 bytes
         "short",
-        "",
     ],
 )
 def test_keys_up_to_256_bytes_are_kept(text: str) -> None:
@@ -446,3 +445,8 @@ def test_long_key_from_a_request(rf: RequestFactory) -> None:
 def test_normalize_none_and_non_strings() -> None:
     assert normalize(None) is None
     assert normalize(5) == "5"
+
+
+def test_an_empty_key_is_no_key() -> None:
+    # A shared "" bucket would lump every request without a value together.
+    assert normalize("") is None

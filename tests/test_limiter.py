@@ -265,3 +265,13 @@ def test_changing_channel_layers_drops_the_process_limiter() -> None:
     installed = get_limiter()
     with override_settings(CHANNEL_LAYERS={}):
         assert get_limiter() is not installed
+
+
+def test_hit_refuses_an_empty_group_or_key() -> None:
+    from django_dratelimit.limiter import Limiter
+
+    limiter = Limiter(sync=False)
+    with pytest.raises(ValueError, match="non-empty"):
+        limiter.hit("g", "", "1/m")
+    with pytest.raises(ValueError, match="non-empty"):
+        limiter.hit("", "k", "1/m")

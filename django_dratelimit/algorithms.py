@@ -154,12 +154,10 @@ def bucket_decision(level: float, cost: int, capacity: int, period: int) -> tupl
     wanted = max(cost, 1)
     # The register is rounded up to 1/REGISTER_SCALE of a token: the level is low
     # by less than that. Allow for it, or the last token of a burst is refused.
-    slack = 1 / REGISTER_SCALE
+    slack = 2 / REGISTER_SCALE  # one unit of rounding, one of float error
     if level + slack >= wanted:
         after = max(0.0, level - cost)
-        return cost > 0, Decision(
-            _in_use(capacity, after, slack), False, (capacity - after) / rate
-        )
+        return cost > 0, Decision(_in_use(capacity, after, slack), False, (capacity - after) / rate)
     in_use = _in_use(capacity, level, slack)
     if wanted > capacity:
         return False, Decision(in_use, True, float(2 * period))  # can never fit

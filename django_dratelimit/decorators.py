@@ -13,7 +13,7 @@ from .algorithms import STRICT, validate_choice
 from .core import ALL, Method, default_group, get_usage
 from .costs import compile_cost, resolve_cost
 from .exceptions import Ratelimited
-from .keys import USER_KEYS, aload_user, compile_key
+from .keys import aload_user, compile_key, may_read_user
 from .rates import validate_rate
 from .registry import register
 from .usage import Usage
@@ -55,7 +55,7 @@ def ratelimit(
     compiled_cost = compile_cost(cost)
     validate_choice(algorithm, consistency)
 
-    loads_user = isinstance(key, str) and key in USER_KEYS
+    loads_user = may_read_user(key)
 
     def decorator(fn: F) -> F:
         name = group if group is not None else default_group(fn)

@@ -67,7 +67,8 @@ def generation_in_force(node: SyncNode, reset: ResetState) -> int:
         (
             r.generation
             for r in node.store.reset_states()
-            if r.group == reset.group and (r.key is None or r.key == reset.key)
+            # A group reset must rise above every key's generation in the group too.
+            if r.group == reset.group and (r.key is None or reset.key is None or r.key == reset.key)
         ),
         default=0,
     )

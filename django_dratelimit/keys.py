@@ -154,6 +154,13 @@ def _compile_key_string(spec: str) -> KeyFunc:
 USER_KEYS = frozenset({"user", "user_or_ip"})
 
 
+def may_read_user(spec: object) -> bool:
+    """Could this key read ``request.user``? (user keys, and any callable we can't see into)."""
+    if isinstance(spec, str):
+        return spec in USER_KEYS or (":" not in spec and "." in spec)
+    return callable(spec)
+
+
 async def aload_user(request: HttpRequest) -> None:
     """Resolve ``request.user`` the async way before a sync key function reads it.
 

@@ -15,7 +15,7 @@ from .costs import resolve_cost
 from .decorators import USAGES_ATTR, record
 from .exceptions import Ratelimited
 from .headers import set_headers
-from .keys import USER_KEYS, aload_user, resolve_key
+from .keys import aload_user, may_read_user, resolve_key
 from .limiter import get_limiter
 from .rates import resolve_rate
 from .rules import get_rules
@@ -76,10 +76,7 @@ class RateLimitMiddleware:
     @staticmethod
     def rules_need_user(request: HttpRequest) -> bool:
         path, method = request.path_info, request.method
-        return any(
-            isinstance(rule.key, str) and rule.key in USER_KEYS and rule.matches(path, method)
-            for rule in get_rules()
-        )
+        return any(may_read_user(rule.key) and rule.matches(path, method) for rule in get_rules())
 
     @staticmethod
     def apply_rules(request: HttpRequest) -> HttpResponseBase | None:
@@ -91,7 +88,6 @@ class RateLimitMiddleware:
             return None
         path = request.path_info
         limiter = get_limiter()
-        blocking: Usage | None = None
         for rule in rules:
             if not rule.matches(path, request.method):
                 continue
@@ -112,10 +108,10 @@ class RateLimitMiddleware:
                 rule.consistency,
             )
             record(request, usage)
-            if usage.should_limit and rule.block and blocking is None:
-                blocking = usage
-        if blocking is not None:
-            return limited_response(request, Ratelimited(blocking))
+            if usage.should_limit and rule.block:
+                # Refused here: later rules must not charge it (a token bucket's
+                # refused requests are free).
+                return limited_response(request, Ratelimited(usage))
         return None
 
     @staticmethod

@@ -84,6 +84,10 @@ def parse_rate_string(text: str) -> tuple[Rate, ...]:
         if factor == 0:
             raise InvalidRate(f"rate {part.strip()!r} has a zero period")
         rates.append(_check_bounds(int(count), factor * UNITS[unit], part.strip()))
+    periods = [rate.period for rate in rates]
+    if len(set(periods)) != len(periods):
+        # Limits share a group's bucket per period: two would count every hit twice.
+        raise InvalidRate(f"rate {text!r} gives two limits for the same period; keep one")
     return tuple(rates)
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -78,7 +79,9 @@ class CounterStore:
         self.origin = origin or new_node_id()
         self.max_keys = max_keys
         self._lock = threading.Lock()
-        self._buckets: dict[BucketKey, Bucket] = {}
+        # Ordered by creation: evicting the oldest is popitem(last=False), O(1);
+        # next(iter(dict)) slows down quadratically after many deletes at the front.
+        self._buckets: OrderedDict[BucketKey, Bucket] = OrderedDict()
         self._expiry: list[tuple[float, BucketKey]] = []
         self._next_sweep = 0.0
         self._key_gens: dict[tuple[str, str], int] = {}
@@ -188,8 +191,7 @@ class CounterStore:
             self._key_gens = {k: g for k, g in self._key_gens.items() if g > horizon}
 
     def _evict_oldest(self, now: float) -> None:
-        oldest = next(iter(self._buckets))
-        del self._buckets[oldest]
+        oldest, _ = self._buckets.popitem(last=False)
         self._dirty.discard(oldest)
         self.evictions += 1
         if now - self._last_eviction_warning >= EVICTION_WARNING_EVERY:
@@ -257,7 +259,13 @@ class CounterStore:
                 remote = bucket.remote
                 for origin, count in counts.items():
                     if origin == self.origin:
-                        continue  # this process is the authority on its own count
+                        # We are the authority on our own count, unless we lost it
+                        # (the bucket was evicted, then re-created by a peer's state).
+                        if count > bucket.local:
+                            bucket.total += count - bucket.local
+                            bucket.local = count
+                            grew = True
+                        continue
                     known = remote.get(origin, 0)
                     if count > known:
                         remote[origin] = count

@@ -327,9 +327,11 @@ async def close_layer(layer: Any) -> None:
     """Release a layer's connections without deleting anything on the broker."""
     try:
         if type(layer).__name__ == "RedisPubSubChannelLayer":
-            await layer.flush()  # pub/sub flush only drops local subscriptions
+            # pub/sub flush only drops local subscriptions
+            await asyncio.wait_for(layer.flush(), 3)
         elif hasattr(layer, "close_pools"):
-            await layer.close_pools()  # not flush(): that deletes every node's groups
+            # not flush(): that deletes every node's groups
+            await asyncio.wait_for(layer.close_pools(), 3)
     except Exception:
         logger.debug("dratelimit: error while closing the channel layer", exc_info=True)
 

@@ -112,13 +112,16 @@ def test_merge_keeps_the_max_per_origin(store: CounterStore) -> None:
     assert store.total(bk()) == 9
 
 
-def test_merge_ignores_the_own_origin(store: CounterStore) -> None:
+def test_merge_of_the_own_origin_only_ever_raises_it(store: CounterStore) -> None:
     store.add(bk(), 2, NOW)
-    # An echo of our own message, or a relay of an old count, must not change our count.
-    assert store.merge([state({"me": 100})], NOW) == 0
+    # An echo of our own message, or a relay of an old count, changes nothing.
     assert store.merge([state({"me": 1})], NOW) == 0
+    assert store.merge([state({"me": 2})], NOW) == 0
     assert store.total(bk()) == 2
-    assert store.states([bk()])[0].counts == {"me": 2}
+    # A higher count means this process lost the bucket (evicted): take it back.
+    assert store.merge([state({"me": 100})], NOW) == 1
+    assert store.total(bk()) == 100
+    assert store.states([bk()])[0].counts == {"me": 100}
 
 
 def test_merge_counts_changed_buckets(store: CounterStore) -> None:

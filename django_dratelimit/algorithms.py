@@ -102,8 +102,8 @@ def _sliding_wait(previous: int, current: int, limit: int, period: int, elapsed:
 #     L(t) = r (t - e) - A + min(L(e), C - max(M, r (t - e) - A))
 # Both A (per origin) and M are max-merged registers, so every process derives
 # the same level from the same merged state. L(e) comes from the previous epoch
-# (assumed full at its start), so only a bucket kept empty for more than a whole
-# epoch can be over-estimated, by at most one burst of C per epoch.
+# (assumed full at its start): when the bucket was never full during that epoch,
+# L(e) can be too high, by at most one burst of C per epoch (1/16 of the rate).
 
 EPOCH_PERIODS = 16
 # The register is kept in thousandths of a token, rounded up: the level is then

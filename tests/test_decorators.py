@@ -239,6 +239,15 @@ async def test_user_key_on_async_view_limits_logged_in_user(
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_callable_key_reading_the_user_on_an_async_view(
+    async_client: AsyncClient, limiter: Limiter, django_user_model: type[User]
+) -> None:
+    bob = await sync_to_async(django_user_model.objects.create_user)("bob", password="pw")
+    await async_client.aforce_login(bob)
+    assert await astatuses(async_client, "/key/async-callable-user/", 2) == [200, 429]
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_user_key_on_async_view_does_not_limit_anonymous_requests(
     async_client: AsyncClient, limiter: Limiter
 ) -> None:

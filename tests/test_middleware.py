@@ -512,3 +512,18 @@ def test_rule_rates_are_registered_for_inspect(client: Client, clock: FakeClock)
     with dratelimit(clock, RULES=[{**API, "rate": "2/m;30/h"}]):
         client.get("/api/thing/")
     assert known_rates()["api"] == [[2, 60], [30, 3600]]
+
+
+def test_a_refused_request_is_not_charged_by_later_rules(client: Client, clock: FakeClock) -> None:
+    first = {"name": "hard", "path": r"^/api/", "key": "ip", "rate": "1/m"}
+    second = {
+        "name": "tokens",
+        "path": r"^/api/",
+        "key": "ip",
+        "rate": "5/m",
+        "algorithm": "token_bucket",
+    }
+    with dratelimit(clock, RULES=[first, second]) as limiter:
+        assert codes(get_many(client, "/api/thing/", 3)) == [200, 429, 429]
+        tokens = limiter.get("tokens", "127.0.0.1", "5/m", algorithm="token_bucket")
+    assert tokens.remaining == 4  # only the admitted request took a token

@@ -28,6 +28,7 @@ urlpatterns = [
     path("key/header/", views.header_key_view),
     path("key/user/", views.user_key_view),
     path("key/async-user/", views.async_user_key_view),
+    path("key/async-callable-user/", views.async_callable_user_key_view),
     path("key/broken/", views.broken_key_view),
     path("rate/callable/", views.callable_rate_view),
     path("rate/dotted/", views.dotted_rate_view),

@@ -166,3 +166,13 @@ def custom_limited(request: HttpRequest, exception: Ratelimited) -> HttpResponse
 
 
 NOT_CALLABLE = "not a view"
+
+
+def user_pk_key(group: str, request: HttpRequest) -> str:
+    """A callable key that reads request.user (under ASGI it must be loaded first)."""
+    return str(request.user.pk)
+
+
+@ratelimit(key=user_pk_key, rate="1/m")
+async def async_callable_user_key_view(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})

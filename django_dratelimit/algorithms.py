@@ -138,8 +138,12 @@ def carried_level(consumed: int, register: int, capacity: int, period: int) -> f
 
 
 def _in_use(capacity: int, level: float, slack: float) -> int:
-    """Whole tokens in use, ignoring the register's rounding."""
-    return max(0, min(capacity, math.ceil(capacity - level - slack)))
+    """Whole tokens in use, ignoring the register's rounding.
+
+    Above ``capacity`` when the cluster over-admitted (the level is a debt),
+    as a fixed window's count goes above its limit.
+    """
+    return max(0, math.ceil(capacity - level - slack))
 
 
 def bucket_decision(level: float, cost: int, capacity: int, period: int) -> tuple[bool, Decision]:

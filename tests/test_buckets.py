@@ -260,3 +260,13 @@ def test_a_full_bucket_admits_the_whole_burst(rate: str, limit: int, start: int)
         limiter.hit("g", "k", rate, algorithm="token_bucket").allowed for _ in range(limit + 2)
     ]
     assert admitted == [True] * limit + [False, False]
+
+
+def test_a_debt_shows_as_more_tokens_in_use_than_the_capacity() -> None:
+    from django_dratelimit.algorithms import bucket_decision
+
+    # The cluster took 3 tokens more than the bucket had (a burst before the sync).
+    admitted, decision = bucket_decision(-3.0, 1, 5, 10)
+    assert not admitted
+    assert decision.hits == 8
+    assert decision.time_left == pytest.approx(8.0)  # 4 tokens of refill at 0.5/s

@@ -33,14 +33,13 @@ from .algorithms import (
     carried_level,
     epoch_length,
     epoch_level,
-    sliding_window,
 )
 from .conf import conf
 from .rates import Rate, parse_rate, parse_rate_string
 from .registry import known_periods, strict_groups
 from .store import CounterStore
 from .strict import StrictUnavailable, StrictUnsupported, get_strict_counter
-from .usage import Usage, combine, most_restrictive, new_usage
+from .usage import Usage, combine, new_usage, window_usage
 
 if TYPE_CHECKING:
     from .sync import SyncThread
@@ -176,19 +175,15 @@ class Limiter:
     ) -> Usage:
         """Fixed and sliding windows: count in the epoch-aligned window containing ``now``."""
         store = self.store
-        period, limit = rate.period, rate.limit
+        period = rate.period
         seconds = int(now)
         start = seconds - seconds % period
         bucket_key = (group, key, period, start)
         current = store.add(bucket_key, cost, now) if cost else store.total(bucket_key)
-        if algorithm == SLIDING_WINDOW:
-            previous = store.total((group, key, period, start - period))
-            count, limited, time_left = sliding_window(previous, current, limit, period, now)
-        else:
-            count, limited, time_left = current, current > limit, start + period - now
-        return new_usage(
-            group, key, count, limit, period, limited, time_left, now + time_left, algorithm, name
+        previous = (
+            store.total((group, key, period, start - period)) if algorithm == SLIDING_WINDOW else 0
         )
+        return window_usage(group, key, rate, algorithm, name, now, start, current, previous)
 
     def _check_strict(
         self,
@@ -223,7 +218,7 @@ class Limiter:
                         name,
                     )
                 )
-            return most_restrictive(usages).with_name(name)
+            return combine(usages, algorithm, name)
 
     def _check_buckets(
         self,

@@ -39,12 +39,12 @@ from django.core.cache.backends.base import BaseCache
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .algorithms import FIXED_WINDOW, SLIDING_WINDOW, sliding_window
+from .algorithms import FIXED_WINDOW, SLIDING_WINDOW
 from .conf import conf
 from .logutil import log_throttled
 from .rates import Rate
 from .store import BucketKey
-from .usage import Usage, combine, new_usage
+from .usage import Usage, combine, window_usage
 
 PREFIX = "dratelimit"
 # Clocks of the app servers differ a little: a counter outlives its window by this much.
@@ -399,38 +399,20 @@ class StrictCounter:
             for rate, start in zip(rates, starts, strict=True)
         ]
         currents, previouses = self.hit_many(buckets, cost, expires_in, previous)
-        if len(rates) == 1 and not sliding:
-            # Built exactly as Limiter.check's fast path builds it, so both answers are equal.
-            limit, period = rates[0].limit, rates[0].period
-            end = starts[0] + period
-            current = currents[0]
-            return new_usage(
-                group, key, current, limit, period, current > limit, end - now, end, algorithm, name
+        usages = [
+            window_usage(
+                group,
+                key,
+                rate,
+                algorithm,
+                name,
+                now,
+                starts[index],
+                currents[index],
+                previouses[index] if sliding else 0,
             )
-        usages = []
-        for index, rate in enumerate(rates):
-            current = currents[index]
-            end = starts[index] + rate.period
-            if sliding:
-                count, limited, time_left = sliding_window(
-                    previouses[index], current, rate.limit, rate.period, now
-                )
-            else:
-                count, limited, time_left = current, current > rate.limit, end - now
-            usages.append(
-                Usage(
-                    group,
-                    key,
-                    count,
-                    rate.limit,
-                    rate.period,
-                    limited,
-                    time_left,
-                    now + time_left,
-                    algorithm,
-                    name,
-                )
-            )
+            for index, rate in enumerate(rates)
+        ]
         return combine(usages, algorithm, name)
 
     # -- administration ------------------------------------------------------------------

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .algorithms import SLIDING_WINDOW, sliding_window
+
+if TYPE_CHECKING:
+    from .rates import Rate
 
 MAPPING_KEYS = ("count", "limit", "should_limit", "time_left", "remaining", "reset_at")
 
@@ -173,4 +178,34 @@ def combine(usages: list[Usage], algorithm: str, name: str) -> Usage:
         algorithm,
         name,
         tuple(usages),
+    )
+
+
+def window_usage(
+    group: str,
+    key: str,
+    rate: Rate,
+    algorithm: str,
+    name: str,
+    now: float,
+    start: int,
+    current: int,
+    previous: int,
+) -> Usage:
+    """The usage of a fixed or sliding window from its counts (local or strict alike)."""
+    if algorithm == SLIDING_WINDOW:
+        count, limited, time_left = sliding_window(previous, current, rate.limit, rate.period, now)
+    else:
+        count, limited, time_left = current, current > rate.limit, start + rate.period - now
+    return new_usage(
+        group,
+        key,
+        count,
+        rate.limit,
+        rate.period,
+        limited,
+        time_left,
+        now + time_left,
+        algorithm,
+        name,
     )

@@ -65,6 +65,8 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from machine import cpu_model  # noqa: E402
+
 LOOPBACK = "127.0.0.1"
 SERVERS = 3
 SYNC_INTERVAL = 0.05  # the default, used by the batched variant
@@ -1154,12 +1156,7 @@ def accuracy_table(rows: list[Accuracy], requests: int) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     versions = {}
     for dist in (
         "Django",

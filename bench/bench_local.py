@@ -34,6 +34,8 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model, load_average
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -237,25 +239,6 @@ def theirs_runner(request: Any) -> Runner:
 
 
 # -- report ---------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def load_average() -> str:
-    """Other processes skew the numbers: say how busy the machine was."""
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def machine_info() -> dict[str, Any]:

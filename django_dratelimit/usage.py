@@ -197,15 +197,20 @@ def window_usage(
         count, limited, time_left = sliding_window(previous, current, rate.limit, rate.period, now)
     else:
         count, limited, time_left = current, current > rate.limit, start + rate.period - now
-    return new_usage(
-        group,
-        key,
-        count,
-        rate.limit,
-        rate.period,
-        limited,
-        time_left,
-        now + time_left,
-        algorithm,
-        name,
+    # Built directly (not through new_usage): this runs on every request.
+    return _new(
+        Usage,
+        (
+            group,
+            key,
+            count,
+            rate.limit,
+            rate.period,
+            limited,
+            time_left,
+            now + time_left,
+            algorithm,
+            name,
+            (),
+        ),
     )

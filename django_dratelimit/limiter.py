@@ -83,21 +83,24 @@ class Limiter:
         consistency: str = "eventual",
     ) -> Usage:
         """Count ``cost`` hits for ``key`` and say whether the limit is exceeded."""
-        if not key or not group:
-            raise ValueError("limiter.hit() needs a non-empty group and key")
         # The facade's hot path: one fixed-window rate given as a string. Every
         # step here is measured (bench/bench_local.py); keep it short.
         single = _SINGLE_RATES[rate] if rate.__class__ is str else None
-        if single is None or not self._fast or algorithm or consistency != "eventual":
-            rates = _rates(rate)
-            return self.check(
-                group, key, rates, algorithm or self.algorithm, cost, name, consistency
-            )
+        if (
+            single is None
+            or algorithm
+            or consistency != "eventual"
+            or not self._fast
+            or not key
+            or not group
+        ):
+            return self._hit(group, key, rate, algorithm, cost, name, consistency)
         period, limit = single
         now = self.clock()
-        seconds = int(now)
-        end = seconds - seconds % period + period
-        current = self._add((group, key, period, end - period), cost, now)
+        seconds = _floor(now)  # == int(now) for any time after 1970, ~25 ns cheaper
+        start = seconds - seconds % period
+        current = self._add((group, key, period, start), cost, now)
+        end = start + period
         return _new_usage(
             Usage,
             (
@@ -114,6 +117,21 @@ class Limiter:
                 (),
             ),
         )
+
+    def _hit(
+        self,
+        group: str,
+        key: str,
+        rate: Any,
+        algorithm: str | None,
+        cost: int,
+        name: str,
+        consistency: str,
+    ) -> Usage:
+        if not key or not group:
+            raise ValueError("limiter.hit() needs a non-empty group and key")
+        rates = _rates(rate)
+        return self.check(group, key, rates, algorithm or self.algorithm, cost, name, consistency)
 
     def get(
         self,
@@ -332,6 +350,7 @@ class _SingleRates(dict[str, "tuple[int, int] | None"]):
 
 _SINGLE_RATES = _SingleRates()
 _new_usage = tuple.__new__
+_floor = math.floor
 
 
 def _rates(rate: Any) -> tuple[Rate, ...]:
@@ -360,6 +379,7 @@ def _build_limiter() -> Limiter:
     with _limiter_lock:
         if _limiter is None:
             _limiter = Limiter()
+            _facade._bind(_limiter)
         return _limiter
 
 
@@ -368,6 +388,7 @@ def set_limiter(new: Limiter | None) -> Limiter | None:
     global _limiter
     with _limiter_lock:
         old, _limiter = _limiter, new
+        _facade._bind(new)
     if old is not None and old is not new:
         old.close()
     return old
@@ -387,17 +408,34 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-class _LimiterProxy:
-    """``limiter.hit(...)`` always reaches the current process's limiter."""
+class _LimiterFacade:
+    """``limiter.hit(...)`` reaches this process's current limiter without an extra call.
 
-    def hit(self, group: str, key: str, rate: Any, **kwargs: Any) -> Usage:
-        return get_limiter().hit(group, key, rate, **kwargs)
+    ``hit``, ``get`` and ``reset`` are the current limiter's own bound methods,
+    rebound whenever it is built or swapped; before that they build it first.
+    A forwarding method would cost ~200 ns a call, a fifth of ``hit`` itself.
+    """
 
-    def get(self, group: str, key: str, rate: Any, **kwargs: Any) -> Usage:
-        return get_limiter().get(group, key, rate, **kwargs)
+    def __init__(self) -> None:
+        self._bind(None)
 
-    def reset(self, group: str, key: str | None = None) -> int:
-        return get_limiter().reset(group, key)
+    def _bind(self, current: Limiter | None) -> None:
+        if current is None:
+            self.hit = lambda *args, **kwargs: get_limiter().hit(*args, **kwargs)
+            self.get = lambda *args, **kwargs: get_limiter().get(*args, **kwargs)
+            self.reset = lambda *args, **kwargs: get_limiter().reset(*args, **kwargs)
+        else:
+            self.hit = current.hit
+            self.get = current.get
+            self.reset = current.reset
+
+    def __repr__(self) -> str:
+        return f"<limiter facade of {_limiter!r}>"
 
 
-limiter = _LimiterProxy()
+_facade = _LimiterFacade()
+if TYPE_CHECKING:
+    # Type checkers see the facade as what it forwards to, signatures and all.
+    limiter: Limiter
+else:
+    limiter = _facade

@@ -261,6 +261,41 @@ def test_changing_dratelimit_drops_the_process_limiter(clock: FakeClock) -> None
     assert get_limiter().store.max_keys == 100_000
 
 
+def bound_to(method: object) -> object:
+    return getattr(method, "__self__", None)
+
+
+def test_the_facade_calls_the_limiter_directly_once_built() -> None:
+    set_limiter(None)
+    assert not hasattr(limiter.hit, "__self__")  # not built yet: the first call builds it
+    limiter.hit("g", "k", "1/m")
+    built = get_limiter()
+    # Bound methods of the process limiter: no forwarding call on the request path.
+    assert bound_to(limiter.hit) is built
+    assert bound_to(limiter.get) is built
+    assert bound_to(limiter.reset) is built
+    assert limiter.get("g", "k", "1/m").count == 1
+    assert limiter.reset("g", "k") == 1
+    assert "facade" in repr(limiter)
+
+
+@pytest.mark.parametrize("first", ["hit", "get", "reset"])
+def test_any_facade_method_builds_the_limiter_first(first: str) -> None:
+    set_limiter(None)
+    args = ("g", "k") if first == "reset" else ("g", "k", "1/m")
+    getattr(limiter, first)(*args)
+    assert bound_to(getattr(limiter, first)) is get_limiter()
+
+
+def test_the_facade_follows_a_swap(clock: FakeClock) -> None:
+    replacement = Limiter(CounterStore(), clock=clock, sync=False)
+    set_limiter(replacement)
+    assert bound_to(limiter.hit) is replacement
+    set_limiter(None)
+    limiter.hit("g", "k", "1/m")
+    assert bound_to(limiter.hit) is get_limiter() is not replacement
+
+
 def test_changing_channel_layers_drops_the_process_limiter() -> None:
     installed = get_limiter()
     with override_settings(CHANNEL_LAYERS={}):

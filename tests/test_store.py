@@ -238,6 +238,39 @@ def test_max_keys_evicts_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
     assert "3 evicted so far" in warnings[1].getMessage()
 
 
+def test_max_keys_evicts_the_bucket_that_expires_first() -> None:
+    store = CounterStore(max_keys=2, origin="me")
+    hour = S - S % 3600
+    store.add(bk("hourly", period=3600, start=hour), 1, NOW)
+    store.add(bk("minutely"), 1, NOW)  # younger, but its window ends sooner
+    store.add(bk("new"), 1, NOW)
+    assert store.total(bk("minutely")) == 0
+    assert store.total(bk("hourly", period=3600, start=hour)) == 1
+    assert store.total(bk("new")) == 1
+
+
+def test_a_unique_key_flood_evicts_in_creation_order() -> None:
+    # Creation order, not key order: a bucket created last is never the next to go.
+    store = CounterStore(max_keys=100, origin="me")
+    keys = [bk(f"k{i:05d}"[::-1]) for i in range(5000)]  # names out of sorted order
+    for key in keys:
+        store.add(key, 1, NOW)
+    assert store.evictions == 4900
+    assert [store.total(k) for k in keys[-100:]] == [1] * 100
+
+
+def test_eviction_after_resets_left_stale_entries() -> None:
+    store = CounterStore(max_keys=3, origin="me")
+    for name in "abc":
+        store.add(bk(name), 1, NOW)
+    store.reset("g", "a")  # its heap entry is now stale
+    store.add(bk("a"), 1, NOW)  # re-created: the youngest
+    store.add(bk("d"), 1, NOW)
+    assert len(store) == 3
+    assert store.total(bk("b")) == 0  # b, the oldest live bucket, went
+    assert [store.total(bk(n)) for n in "cad"] == [1, 1, 1]
+
+
 def test_eviction_by_merge_and_dirty_cleanup() -> None:
     store = CounterStore(max_keys=2, origin="me")
     store.track_dirty = True
@@ -289,6 +322,32 @@ def test_mark_dirty_puts_keys_back(store: CounterStore) -> None:
     assert sorted(store.take_dirty()) == sorted(sent)
     assert store.total(bk("gone")) == 0
     assert len(store) == 2
+
+
+def test_a_bucket_is_queued_once_however_many_hits() -> None:
+    store = CounterStore(origin="me")
+    store.track_dirty = True
+    for _ in range(100):
+        store.add(bk("a"), 1, NOW)
+    assert store._dirty == [bk("a")]
+    assert store.take_dirty() == [state({"me": 100}, key="a")]
+
+
+def test_a_bucket_reset_and_counted_again_is_sent_once() -> None:
+    store = CounterStore(origin="me")
+    store.track_dirty = True
+    store.add(bk("a"), 1, NOW)
+    store.reset("g", "a")
+    store.add(bk("a"), 2, NOW)  # a new bucket: queued again
+    generation = store._generation("g", "a")
+    assert store.take_dirty() == [state({"me": 2}, key="a", generation=generation)]
+
+
+def test_mark_dirty_does_not_queue_twice(store: CounterStore) -> None:
+    store.track_dirty = True
+    store.add(bk("a"), 1, NOW)
+    store.mark_dirty([bk("a"), bk("a")])
+    assert store._dirty == [bk("a")]
 
 
 def test_states(store: CounterStore) -> None:

@@ -13,13 +13,13 @@ back through a merge, so a reset wins over the max-merge cluster-wide.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import os
 import threading
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -58,15 +58,14 @@ class ResetState(NamedTuple):
 
 
 class Bucket:
-    __slots__ = ("created", "dirty", "expires_at", "generation", "local", "remote", "total")
+    __slots__ = ("dirty", "expires_at", "generation", "local", "remote", "total")
 
-    def __init__(self, generation: int, expires_at: float, created: int) -> None:
+    def __init__(self, generation: int, expires_at: float) -> None:
         self.local = 0
         self.remote: dict[str, int] = {}
         self.total = 0
         self.generation = generation
         self.expires_at = expires_at
-        self.created = created  # tells its own expiry-heap entry from a stale one
         # Already queued for the next sync round: later hits need not queue it again.
         self.dirty = False
 
@@ -82,13 +81,12 @@ class CounterStore:
         self.origin = origin or new_node_id()
         self.max_keys = max_keys
         self._lock = threading.Lock()
-        # A plain dict: the request path reads it on every hit, and an OrderedDict's
-        # lookups cost more. Eviction order comes from the expiry heap instead.
-        self._buckets: dict[BucketKey, Bucket] = {}
-        # (expires_at, creation number, key): the next to expire first, oldest first
-        # among equals. Entries of buckets already gone are skipped when popped.
-        self._expiry: list[tuple[float, int, BucketKey]] = []
-        self._created = itertools.count()
+        # Ordered by creation: evicting the oldest is popitem(last=False), O(1);
+        # next(iter(dict)) slows down quadratically after many deletes at the front.
+        # (Evicting the next to expire instead would let a flood of long-period
+        # buckets evict every short-period one as soon as it is created.)
+        self._buckets: OrderedDict[BucketKey, Bucket] = OrderedDict()
+        self._expiry: list[tuple[float, BucketKey]] = []
         self._next_sweep = 0.0
         self._key_gens: dict[tuple[str, str], int] = {}
         self._group_gens: dict[str, int] = {}
@@ -178,13 +176,13 @@ class CounterStore:
         if now >= self._next_sweep:
             self._sweep(now)
         if len(self._buckets) >= self.max_keys:
-            self._evict_one(now)
+            self._evict_oldest(now)
         group, key, period, start = bucket_key
         if generation is None:
             generation = self._generation(group, key)
-        bucket = Bucket(generation, start + 2 * period, next(self._created))
+        bucket = Bucket(generation, start + 2 * period)
         self._buckets[bucket_key] = bucket
-        heapq.heappush(self._expiry, (bucket.expires_at, bucket.created, bucket_key))
+        heapq.heappush(self._expiry, (bucket.expires_at, bucket_key))
         return bucket
 
     def _generation(self, group: str, key: str) -> int:
@@ -195,38 +193,29 @@ class CounterStore:
         self._next_sweep = now + 1.0
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
-            _expires_at, _created, bucket_key = heapq.heappop(expiry)
+            _expires_at, bucket_key = heapq.heappop(expiry)
             bucket = self._buckets.get(bucket_key)
             if bucket is not None and bucket.expires_at <= now:
                 del self._buckets[bucket_key]
         if len(self._expiry) > 2 * len(self._buckets) + 1024:
-            # Resets leave stale heap entries; rebuild now and then. The dict keeps
-            # creation order, so renumbering in it keeps oldest-first among equals.
-            self._expiry = []
-            for number, (bucket_key, bucket) in enumerate(self._buckets.items()):
-                bucket.created = number
-                self._expiry.append((bucket.expires_at, number, bucket_key))
+            # Evictions and resets leave stale heap entries; rebuild now and then.
+            self._expiry = [(b.expires_at, k) for k, b in self._buckets.items()]
             heapq.heapify(self._expiry)
-            self._created = itertools.count(len(self._expiry))
+        if len(self._dirty) > 2 * len(self._buckets) + 1024:
+            # Not drained for a while (broker down): drop the keys of buckets gone since.
+            self._dirty = [k for k, b in self._buckets.items() if b.dirty]
         horizon = time.time_ns() - RESET_TTL * 1_000_000_000
         if self._key_gens and len(self._key_gens) > self.max_keys:
             self._key_gens = {k: g for k, g in self._key_gens.items() if g > horizon}
 
-    def _evict_one(self, now: float) -> None:
-        """Drop the bucket whose window ends first (the oldest of those): it is worth least."""
-        buckets, expiry = self._buckets, self._expiry
-        while expiry:
-            _expires_at, created, bucket_key = heapq.heappop(expiry)
-            bucket = buckets.get(bucket_key)
-            if bucket is not None and bucket.created == created:
-                del buckets[bucket_key]
-                break
+    def _evict_oldest(self, now: float) -> None:
+        self._buckets.popitem(last=False)
         self.evictions += 1
         if now - self._last_eviction_warning >= EVICTION_WARNING_EVERY:
             self._last_eviction_warning = now
             logger.warning(
                 "dratelimit: more than MAX_KEYS=%d buckets in this process; evicting the "
-                "next to expire (%d evicted so far). Raise DRATELIMIT['MAX_KEYS'] if this is "
+                "oldest (%d evicted so far). Raise DRATELIMIT['MAX_KEYS'] if this is "
                 "legitimate traffic.",
                 self.max_keys,
                 self.evictions,
@@ -252,6 +241,18 @@ class CounterStore:
                     bucket.dirty = False
                     states.append(self._state(bucket_key, bucket))
             return states
+
+    def stop_tracking(self) -> None:
+        """No sync thread any more: stop queueing changes and forget the queue."""
+        with self._lock:
+            self.track_dirty = False
+            self.on_hit = None
+            for bucket_key in self._dirty:
+                bucket = self._buckets.get(bucket_key)
+                if bucket is not None:
+                    bucket.dirty = False
+            self._dirty = []
+            self._pending_resets = []
 
     def mark_dirty(self, bucket_keys: Iterable[BucketKey]) -> None:
         """Put keys back (a send failed), so the next round retries them."""

@@ -108,8 +108,7 @@ class SyncNode:
 
     async def close(self) -> None:
         """Leave the group and release the layer's connections."""
-        self.store.on_hit = None
-        self.store.track_dirty = False
+        self.store.stop_tracking()
         if self.channel:
             # The broker may be down; the membership then expires on its own.
             with contextlib.suppress(Exception):
@@ -468,6 +467,7 @@ def start_sync(store: CounterStore) -> SyncThread | None:
     thread.start()
     if thread.node is None:
         thread.stop()  # the layer could not be built (logged); limit locally
+        store.stop_tracking()
         return None
     _threads.append(thread)
     wait = conf.STARTUP_SYNC_WAIT

@@ -233,7 +233,7 @@ def test_set_limiter_swaps_and_returns_the_old_one(clock: FakeClock) -> None:
     assert set_limiter(replacement) is original
     assert get_limiter() is replacement
     assert limiter.hit("g", "k", "1/m").allowed is True  # a new store: counts start over
-    assert original.get("g", "k", "1/m").count == 1
+    assert original.store.total(("g", "k", 60, int(clock.now) // 60 * 60)) == 1
     assert set_limiter(original) is replacement
     assert limiter.hit("g", "k", "1/m").allowed is False
 
@@ -277,6 +277,32 @@ def test_the_facade_calls_the_limiter_directly_once_built() -> None:
     assert limiter.get("g", "k", "1/m").count == 1
     assert limiter.reset("g", "k") == 1
     assert "facade" in repr(limiter)
+
+
+def test_a_method_kept_from_before_a_swap_reaches_the_current_limiter(clock: FakeClock) -> None:
+    kept_hit, kept_get, kept_reset = limiter.hit, limiter.get, limiter.reset
+    before = get_limiter()
+    replacement = Limiter(CounterStore(), clock=clock, sync=False)
+    set_limiter(replacement)
+    kept_hit("g", "k", "5/m")
+    kept_hit("g", "k", "5/m", cost=2)
+    assert replacement.get("g", "k", "5/m").count == 3
+    assert kept_get("g", "k", "5/m").count == 3
+    assert before.store.total(("g", "k", 60, int(clock.now) // 60 * 60)) == 0
+    assert kept_reset("g", "k") == 1
+    assert replacement.get("g", "k", "5/m").count == 0
+    set_limiter(before)  # current again: it answers for itself
+    assert kept_hit("g", "k", "5/m").count == 1
+    assert before._fast is True
+
+
+def test_a_method_kept_from_before_a_settings_change_follows_it(clock: FakeClock) -> None:
+    set_limiter(None)
+    kept_hit = limiter.hit
+    kept_hit("g", "k", "5/m")
+    with override_settings(DRATELIMIT={"ALGORITHM": "sliding_window"}):
+        assert kept_hit("g", "k", "5/m").algorithm == "sliding_window"
+        assert get_limiter().get("g", "k", "5/m").count == 1
 
 
 @pytest.mark.parametrize("first", ["hit", "get", "reset"])

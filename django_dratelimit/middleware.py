@@ -18,7 +18,7 @@ from .headers import set_headers
 from .keys import aload_user, may_read_user, resolve_key
 from .limiter import get_limiter
 from .rates import resolve_rate
-from .rules import get_rules
+from .rules import Rule, get_rules
 from .usage import Usage, most_restrictive
 
 
@@ -53,15 +53,16 @@ class RateLimitMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        response = self.apply_rules(request)
+        response = self.apply_rules(request, self.matching_rules(request))
         if response is None:
             response = self.get_response(request)  # type: ignore[assignment]
         return self.add_headers(request, response)  # type: ignore[arg-type]
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        if self.rules_need_user(request):
+        rules = self.matching_rules(request)
+        if any(may_read_user(rule.key) for rule in rules):
             await aload_user(request)
-        response = self.apply_rules(request)
+        response = self.apply_rules(request, rules)
         if response is None:
             response = await self.get_response(request)  # type: ignore[misc]
         return self.add_headers(request, response)
@@ -74,23 +75,20 @@ class RateLimitMiddleware:
         return None
 
     @staticmethod
-    def rules_need_user(request: HttpRequest) -> bool:
+    def matching_rules(request: HttpRequest) -> list[Rule]:
+        """The RULES that apply to this request, in order (matched once per request)."""
+        if not conf.ENABLED:
+            return []
         path, method = request.path_info, request.method
-        return any(may_read_user(rule.key) and rule.matches(path, method) for rule in get_rules())
+        return [rule for rule in get_rules() if rule.matches(path, method)]
 
     @staticmethod
-    def apply_rules(request: HttpRequest) -> HttpResponseBase | None:
+    def apply_rules(request: HttpRequest, rules: list[Rule]) -> HttpResponseBase | None:
         """Count the request against every matching rule; a 429 if one blocks it."""
-        if not conf.ENABLED:
-            return None
-        rules = get_rules()
         if not rules:
             return None
-        path = request.path_info
         limiter = get_limiter()
         for rule in rules:
-            if not rule.matches(path, request.method):
-                continue
             rates = resolve_rate(rule.rate, rule.name, request)
             if rates is None:
                 continue

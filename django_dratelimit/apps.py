@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 from django.core import checks
+from django.core.signals import request_started
 
 
 class DratelimitConfig(AppConfig):
@@ -12,3 +13,9 @@ class DratelimitConfig(AppConfig):
         from .checks import check_settings
 
         checks.register(check_settings, "dratelimit")
+
+        from .limiter import start_sync_on_request
+
+        # Servers only: management commands and scripts never start a sync thread
+        # unless they use the limiter.
+        request_started.connect(start_sync_on_request, dispatch_uid="django_dratelimit.sync")

@@ -188,8 +188,24 @@ def _check_sync(get: Callable[[str], Any], raw: dict[str, Any]) -> list[CheckMes
 
 
 def _check_layer_config(alias: str, config: Any) -> list[CheckMessage]:
-    """Warn about the channels_redis settings that break a long-running receive."""
-    if not isinstance(config, dict) or config.get("BACKEND") != REDIS_CORE:
+    """The layer must load; warn about channels_redis settings that break a long receive."""
+    backend = config.get("BACKEND") if isinstance(config, dict) else None
+    try:
+        if not isinstance(backend, str):
+            raise ImportError("BACKEND is not a dotted path")
+        import_string(backend)
+    except Exception as exc:
+        # At run time the sync thread would log once and limit every process alone.
+        return [
+            _error(
+                f"CHANNEL_LAYERS[{alias!r}]['BACKEND'] = {backend!r} cannot be imported "
+                f"({exc}); the cluster sync would not run.",
+                "Install it (channels-redis: pip install 'django-dratelimit[redis]'), "
+                "or set DRATELIMIT['CHANNEL_LAYER'] = None to limit with local counts only.",
+                26,
+            )
+        ]
+    if backend != REDIS_CORE:
         return []
     hosts = (config.get("CONFIG") or {}).get("hosts") or ["redis://localhost:6379"]
     for host in hosts:

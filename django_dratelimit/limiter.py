@@ -432,6 +432,21 @@ def _drop_limiter(setting: str, **kwargs: Any) -> None:
         set_limiter(None)
 
 
+def start_sync_on_request(**kwargs: Any) -> None:
+    """``request_started``: a process joins the cluster at its first request of any kind.
+
+    Joining at the first *limited* request would decide that request, and every
+    limited request until the peers' answer arrives, on this process's counts
+    alone. Connected in ``AppConfig.ready()``; after the first request it costs
+    one attribute read.
+    """
+    current = _limiter
+    if current is not None and current._sync_checked:
+        return
+    if conf.ENABLED:
+        get_limiter()._ensure_sync()
+
+
 def _after_fork() -> None:
     if _limiter is not None:
         _limiter._after_fork_in_child()

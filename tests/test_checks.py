@@ -240,6 +240,22 @@ def test_no_channel_layers_at_all_means_local_limiting() -> None:
 
 
 @pytest.mark.parametrize(
+    "config",
+    [
+        {"BACKEND": "channels_redisx.pubsub.RedisPubSubChannelLayer"},
+        {"BACKEND": "channels_redis.pubsub.NoSuchLayer"},
+        {"CONFIG": {}},
+        "channels_redis.pubsub.RedisPubSubChannelLayer",
+    ],
+)
+def test_e026_channel_layer_backend_that_does_not_import(config: Any) -> None:
+    with override_settings(CHANNEL_LAYERS={"default": config}):
+        messages = check_settings()
+    assert [m.id for m in messages] == ["dratelimit.E026"]
+    assert "cannot be imported" in messages[0].msg
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [
         ("SYNC_INTERVAL", -0.01),

@@ -7,9 +7,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 
-from django_dratelimit.limiter import Limiter
+from django_dratelimit.limiter import Limiter, get_limiter, set_limiter
 from django_dratelimit.store import CounterStore
 from django_dratelimit.sync import SyncThread, start_sync
 from tests.cluster import RedisServer, wait_for
@@ -126,3 +126,34 @@ def test_stop_is_idempotent_and_leaves_nothing(redis_layers: str) -> None:
     thread.stop()
     thread.stop()
     assert not thread.is_alive()
+
+
+def test_the_first_request_of_any_kind_joins_the_cluster(redis_layers: str, client: Client) -> None:
+    peer = Limiter()
+    set_limiter(None)
+    try:
+        for _ in range(5):
+            peer.hit("g", "k", "100/m")
+        client.get("/no-such-page/")  # not limited: a health check, say
+        joined = get_limiter()
+        assert joined.sync is not None
+        # It hears the peer's counts before its first limited request.
+        bucket = ("g", "k", 60, int(time.time()) // 60 * 60)
+        wait_for(lambda: joined.store.total(bucket) == 5, 5, "the peer's 5 hits")
+        client.get("/no-such-page/")
+        assert get_limiter() is joined
+        assert len(sync_threads()) == 2
+    finally:
+        set_limiter(None)
+        peer.close()
+    assert sync_threads() == []
+
+
+def test_no_sync_thread_from_requests_when_disabled(redis_layers: str, client: Client) -> None:
+    set_limiter(None)
+    with override_settings(
+        DRATELIMIT={"ENABLED": False, "CHANNEL_LAYER": "default"},
+    ):
+        client.get("/no-such-page/")
+    set_limiter(None)
+    assert sync_threads() == []

@@ -159,7 +159,7 @@ def _check_sync(get: Callable[[str], Any], raw: dict[str, Any]) -> list[CheckMes
             )
         )
     group = get("GROUP")
-    if not isinstance(group, str) or not _GROUP_NAME_RE.match(group):
+    if group is not None and (not isinstance(group, str) or not _GROUP_NAME_RE.match(group)):
         errors.append(
             _error(
                 f"DRATELIMIT['GROUP'] = {group!r} is not a valid Channels group name.",

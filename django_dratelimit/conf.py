@@ -6,8 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils.crypto import salted_hmac
 
 DEFAULTS: dict[str, Any] = {
     "ENABLED": True,
@@ -21,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_KEYS": 100_000,
     # Cluster sync
     "CHANNEL_LAYER": "default",
-    "GROUP": "dratelimit",
+    "GROUP": None,  # None: site_group(), one per SECRET_KEY
     "SYNC_INTERVAL": 0.05,
     "ANTI_ENTROPY_INTERVAL": 5.0,
     "MAX_MESSAGE_BUCKETS": 500,
@@ -95,7 +97,8 @@ class Settings:
 
     @property
     def GROUP(self) -> str:
-        return str(self._get("GROUP"))
+        group = self._get("GROUP")
+        return site_group() if group is None else str(group)
 
     @property
     def SYNC_INTERVAL(self) -> float:
@@ -123,6 +126,22 @@ class Settings:
 
 
 conf = Settings()
+
+
+def site_group() -> str:
+    """The default sync group: ``dratelimit-`` and 10 hex digits derived from SECRET_KEY.
+
+    Redis pub/sub ignores the database number, so two sites (or staging and
+    production) on one Redis would otherwise share one group, and with it their
+    counters and resets. Every process of a site has the same SECRET_KEY; an
+    HMAC of it tells nothing about the key.
+    """
+    try:
+        secret = settings.SECRET_KEY
+    except ImproperlyConfigured:
+        return "dratelimit"
+    digest = salted_hmac("django_dratelimit.conf.site_group", "sync group", secret=secret)
+    return f"dratelimit-{digest.hexdigest()[:10]}"
 
 
 @receiver(setting_changed)

@@ -33,6 +33,7 @@ from django_dratelimit.management.commands.ratelimit import WIDTH, table
 from django_dratelimit.rates import Rate
 from django_dratelimit.store import BucketState, ResetState
 from django_dratelimit.sync import close_layer
+from testproject import settings as demo_settings
 from tests.cluster import ROOT, DemoServer, RedisServer, free_port, load, wait_for
 from tests.conftest import layer_config
 
@@ -60,6 +61,11 @@ def fresh_hour(needed: float = 30.0) -> None:
 
 def bucket_key(group: str, key: str, period: int = HOUR) -> tuple[str, str, int, int]:
     return (group, key, period, int(time.time() // period) * period)
+
+
+@pytest.fixture(autouse=True)
+def terminal_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # tables fit the terminal: make it the usual one
 
 
 @pytest.fixture(params=["core", "pubsub"])
@@ -171,6 +177,22 @@ def test_inspect_shows_every_bucket_as_every_node_sees_it(
     assert all(len(line) <= WIDTH for line in lines)
 
 
+def test_inspect_fits_the_terminal_width(
+    core: str, nodes: Callable[[int], list[Limiter]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh_hour()
+    [node] = nodes(1)
+    long_key = "user:" + "x" * 90
+    node.hit("password-reset", long_key, "5/h")
+    narrow = run("inspect", "--timeout", FAST)
+    assert long_key not in narrow
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    monkeypatch.setenv("COLUMNS", "200")
+    wide = run("inspect", "--timeout", FAST)
+    assert long_key in wide
+    assert "password-reset" in wide
+
+
 def test_inspect_filters_and_limits(core: str, loaded: list[Limiter]) -> None:
     data = run_json("inspect", "--group", "login", "--timeout", FAST)
     assert [(b["group"], b["key"]) for b in data["buckets"]] == [
@@ -190,7 +212,7 @@ def test_unknown_groups_and_keys_print_an_empty_result(core: str, loaded: list[L
     text = run("inspect", "--group", "no-such-group", "--timeout", FAST)
     assert text.splitlines() == [
         "No live counters match.",
-        "3 nodes answered within 0.5 s (sync group 'dratelimit').",
+        f"3 nodes answered within 0.5 s (sync group '{conf.GROUP}').",
     ]
     data = run_json("inspect", "--key", "no-such-key", "--timeout", FAST)
     assert data["buckets"] == []
@@ -227,7 +249,7 @@ def test_nodes_lists_every_process(layer: str, loaded: list[Limiter]) -> None:
         info = by_node[limiter.store.origin]
         assert info["pid"] == os.getpid()
         assert info["layer"] == backend
-        assert info["group"] == "dratelimit"
+        assert info["group"] == conf.GROUP
         assert info["buckets"] == len(limiter.store)
         assert info["messages_sent"] > 0
         assert info["messages_received"] > 0
@@ -242,7 +264,7 @@ def test_nodes_lists_every_process(layer: str, loaded: list[Limiter]) -> None:
     ]  # fmt: skip
     assert {line.split()[0] for line in lines[1:4]} == {lim.store.origin[:8] for lim in loaded}
     assert all(f":{os.getpid()}" in line for line in lines[1:4])
-    assert lines[5] == "3 nodes answered within 0.5 s (sync group 'dratelimit')."
+    assert lines[5] == f"3 nodes answered within 0.5 s (sync group '{conf.GROUP}')."
     assert lines[6] == f"Channel layer: {backend}."
     assert all(len(line) <= WIDTH for line in lines)
 
@@ -811,7 +833,10 @@ class TestRealProcesses:
         lines = table_run.stdout.splitlines()
         assert lines[1].split()[:2] == ["cluster", "shared"]
         assert lines[1].split()[-3:] == ["150", "?", "150..150"]
-        assert lines[-1] == "3 nodes answered within 1 s (sync group 'dratelimit')."
+        # The demo's own SECRET_KEY names its group.
+        assert re.fullmatch(
+            r"3 nodes answered within 1 s \(sync group 'dratelimit-[0-9a-f]{10}'\)\.", lines[-1]
+        )
 
         reset = manage(redis_db, "reset", "cluster", "shared", "--timeout", "1")
         assert reset.returncode == 0, reset.stderr
@@ -832,7 +857,11 @@ class TestRealProcesses:
         demo = servers(["uvicorn", "gunicorn"], server_env(redis_db, "pubsub"))
         load(demo, 40)
         wait_for(lambda: counts(demo) == [40, 40], 5, "every server to count 40")
-        with override_settings(CHANNEL_LAYERS={"default": layer_config("pubsub", redis_db.url)}):
+        # The site's settings: its layer, and its SECRET_KEY, which names its sync group.
+        with override_settings(
+            CHANNEL_LAYERS={"default": layer_config("pubsub", redis_db.url)},
+            SECRET_KEY=demo_settings.SECRET_KEY,
+        ):
             data = run_json("inspect", "--group", "cluster", "--timeout", "1")
             assert [(b["key"], b["min"], b["max"]) for b in data["buckets"]] == [("shared", 40, 40)]
             assert run("reset", "cluster", "--timeout", "1") == (

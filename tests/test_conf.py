@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from django.test import override_settings
 from pytest_django import Settings as SettingsFixture
 
 from django_dratelimit import views
-from django_dratelimit.conf import DEFAULTS, Settings, conf
+from django_dratelimit.conf import DEFAULTS, Settings, conf, site_group
 
 RULES = [{"name": "api", "path": r"^/api/", "key": "ip", "rate": "5/m"}]
 
@@ -30,7 +31,7 @@ CASES: list[tuple[str, Any, Any]] = [
     ("IPV6_MASK", 64, 48),
     ("MAX_KEYS", 100_000, 10),
     ("CHANNEL_LAYER", "default", None),
-    ("GROUP", "dratelimit", "other-group"),
+    ("GROUP", None, "other-group"),  # None: site_group()
     ("SYNC_INTERVAL", 0.05, 0.0),
     ("ANTI_ENTROPY_INTERVAL", 5.0, 1.5),
     ("MAX_MESSAGE_BUCKETS", 500, 50),
@@ -38,6 +39,25 @@ CASES: list[tuple[str, Any, Any]] = [
     ("STRICT_CACHE", "default", "strict"),
     ("STRICT_FAIL_OPEN", False, True),
 ]
+
+
+def resolved(name: str) -> Any:
+    """What ``conf`` answers when the setting is left out."""
+    return site_group() if name == "GROUP" else DEFAULTS[name]
+
+
+def test_the_default_group_is_one_per_secret_key() -> None:
+    group = site_group()
+    assert re.fullmatch(r"dratelimit-[0-9a-f]{10}", group)
+    assert site_group() == group  # stable: every process of the site agrees
+    assert "tests-only" not in group
+    with override_settings(SECRET_KEY="another site"):
+        other = site_group()
+        assert other == conf.GROUP
+    assert other != group
+    with override_settings(SECRET_KEY=""):
+        assert site_group() == "dratelimit"  # no key at all: Django's own checks say so
+    assert group == conf.GROUP
 
 
 def test_every_setting_has_a_property_and_a_case() -> None:
@@ -49,7 +69,7 @@ def test_every_setting_has_a_property_and_a_case() -> None:
 
 @pytest.mark.parametrize(("name", "default", "override"), CASES)
 def test_default(name: str, default: Any, override: Any) -> None:
-    assert getattr(conf, name) == default
+    assert getattr(conf, name) == resolved(name)
     assert DEFAULTS[name] == default
 
 
@@ -57,7 +77,7 @@ def test_default(name: str, default: Any, override: Any) -> None:
 def test_override_is_read_at_call_time(name: str, default: Any, override: Any) -> None:
     with override_settings(DRATELIMIT={name: override}):
         assert getattr(conf, name) == override
-    assert getattr(conf, name) == default
+    assert getattr(conf, name) == resolved(name)
 
 
 @pytest.mark.parametrize(("name", "default", "override"), CASES)
@@ -73,7 +93,7 @@ def test_settings_fixture_override(
 def test_other_keys_keep_their_defaults(name: str, default: Any, override: Any) -> None:
     others = [n for n, _, _ in CASES if n != name]
     with override_settings(DRATELIMIT={name: override}):
-        assert [getattr(conf, n) for n in others] == [DEFAULTS[n] for n in others]
+        assert [getattr(conf, n) for n in others] == [resolved(n) for n in others]
 
 
 def test_a_fresh_settings_object_sees_the_same_values() -> None:
@@ -84,7 +104,7 @@ def test_a_fresh_settings_object_sees_the_same_values() -> None:
 def test_missing_dratelimit_setting_gives_defaults(settings: SettingsFixture) -> None:
     del settings.DRATELIMIT
 
-    assert [getattr(conf, n) for n, _, _ in CASES] == [d for _, d, _ in CASES]
+    assert [getattr(conf, n) for n, _, _ in CASES] == [resolved(n) for n, _, _ in CASES]
 
 
 @pytest.mark.parametrize("value", [None, ["ENABLED"], "ENABLED=False"])

@@ -157,3 +157,29 @@ def test_no_sync_thread_from_requests_when_disabled(redis_layers: str, client: C
         client.get("/no-such-page/")
     set_limiter(None)
     assert sync_threads() == []
+
+
+def test_two_sites_on_one_redis_do_not_share_counts(redis_layers: str) -> None:
+    # Pub/sub ignores the database number: only the group keeps sites apart.
+    ours = Limiter()
+    with override_settings(SECRET_KEY="another site on the same Redis"):
+        theirs = Limiter()
+        theirs.hit("api", "k", "100/m")  # starts its sync thread with its own group
+    try:
+        for _ in range(5):
+            ours.hit("api", "k", "100/m")
+        assert ours.sync is not None
+        assert theirs.sync is not None
+        assert ours.sync.node is not None
+        assert theirs.sync.node is not None
+        assert ours.sync.node.group != theirs.sync.node.group
+        twin = Limiter()  # a second process of our site
+        try:
+            wait_for(lambda: twin.get("api", "k", "100/m").count == 5, 5, "our own 5 hits")
+        finally:
+            twin.close()
+        time.sleep(0.1)  # several sync rounds
+        assert theirs.get("api", "k", "100/m").count == 1
+    finally:
+        ours.close()
+        theirs.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -302,7 +303,9 @@ class Command(BaseCommand):
         shrink: list[tuple[int, int]],
         keep_tail: frozenset[int] | set[int] = frozenset(),
     ) -> None:
-        for line in table(headers, rows, right, shrink, keep_tail):
+        # The terminal's width (COLUMNS when set), 80 when not a terminal.
+        width = shutil.get_terminal_size((WIDTH, 24)).columns
+        for line in table(headers, rows, right, shrink, keep_tail, width=max(width, 40)):
             self.stdout.write(line)
 
 

@@ -168,34 +168,23 @@ def measure(cases: list[tuple[str, Runner, int]], mode: Mode) -> list[Result]:
 # -- the operations -----------------------------------------------------------------
 
 
-def floor_runner() -> Runner:
+def floor_runner(acquire_release: bool = False) -> Runner:
+    """A dict increment under a lock: ``with lock:``, or acquire()/release() as the store does."""
     lock = threading.Lock()
     d: dict[str, int] = {}
 
-    def floor(key: str) -> None:
+    def with_block(key: str) -> None:
         with lock:
             d[key] = d.get(key, 0) + 1
 
-    items = cycle(["k"])
-
-    def run(n: int) -> None:
-        for key in islice(items, n):
-            floor(key)
-
-    return run
-
-
-def floor_acquire_runner() -> Runner:
-    lock = threading.Lock()
-    d: dict[str, int] = {}
-
-    def floor(key: str) -> None:
+    def explicit(key: str) -> None:
         lock.acquire()
         try:
             d[key] = d.get(key, 0) + 1
         finally:
             lock.release()
 
+    floor = explicit if acquire_release else with_block
     items = cycle(["k"])
 
     def run(n: int) -> None:
@@ -337,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = [
         ("floor: dict += 1 under a Lock", floor_runner(), 1),
-        ("floor, lock.acquire()/release()", floor_acquire_runner(), 1),
+        ("floor, lock.acquire()/release()", floor_runner(acquire_release=True), 1),
         ("limiter.hit (the facade), 1 key", facade_runner(), 1),
         ("Limiter.hit, 1 key", hit_runner(["k"]), 1),
         ("Limiter.hit, 1 key, dirty tracking on", hit_runner(["k"], track_dirty=True), 1),

@@ -456,7 +456,7 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 class LimiterFacade(Protocol):
-    """What ``limiter`` offers: the Limiter's public methods."""
+    """What ``limiter`` offers: the Limiter's public methods (keep the signatures in step)."""
 
     def hit(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 from django.http import HttpResponseBase
@@ -9,6 +10,7 @@ from django.http import HttpResponseBase
 from .usage import Usage
 
 
+@functools.lru_cache(maxsize=1024)  # policies are group names: few, and on every response
 def _sf_string(text: str) -> str:
     """A Structured Field string: printable ASCII, with quotes and backslashes escaped."""
     safe = "".join(c if " " <= c <= "~" else "?" for c in text)

@@ -200,8 +200,9 @@ def _check_layer_config(alias: str, config: Any) -> list[CheckMessage]:
             _error(
                 f"CHANNEL_LAYERS[{alias!r}]['BACKEND'] = {backend!r} cannot be imported "
                 f"({exc}); the cluster sync would not run.",
-                "Install it (channels-redis: pip install 'django-dratelimit[redis]'), "
-                "or set DRATELIMIT['CHANNEL_LAYER'] = None to limit with local counts only.",
+                "Install the package that provides it (channels-redis: pip install "
+                "'django-dratelimit[redis]'), or set DRATELIMIT['CHANNEL_LAYER'] = None "
+                "to limit with local counts only.",
                 26,
             )
         ]

@@ -33,8 +33,10 @@ from .algorithms import (
     carried_level,
     epoch_length,
     epoch_level,
+    window_start,
 )
 from .conf import conf
+from .logutil import log_throttled
 from .rates import Rate, parse_rate, parse_rate_string
 from .registry import known_periods, strict_groups
 from .store import CounterStore
@@ -64,6 +66,7 @@ class Limiter:
         self.algorithm = conf.ALGORITHM
         self.sync: SyncThread | None = None
         # False until the first use; then the sync thread is started (if configured).
+        self._sync_wanted = sync
         self._sync_checked = not sync
         # Replaced as the process limiter: calls kept from before go to the new one.
         self._retired = False
@@ -104,7 +107,7 @@ class Limiter:
             return self._hit(group, key, rate, algorithm, cost, name, consistency)
         period, limit = single
         now = self.clock()
-        seconds = _floor(now)  # window_start(), inlined
+        seconds = _floor(now)  # algorithms.window_start(), inlined
         start = seconds - seconds % period
         current = self._add((group, key, period, start), cost, now)
         end = start + period
@@ -135,8 +138,9 @@ class Limiter:
         name: str,
         consistency: str,
     ) -> Usage:
-        if self._retired:
-            return get_limiter().hit(
+        current = self._current()
+        if current is not self:
+            return current.hit(
                 group, key, rate, algorithm=algorithm, cost=cost, name=name, consistency=consistency
             )
         if not key or not group:
@@ -155,8 +159,9 @@ class Limiter:
         consistency: str = "eventual",
     ) -> Usage:
         """The usage of ``key`` without counting a hit."""
-        if self._retired:
-            return get_limiter().get(
+        current = self._current()
+        if current is not self:
+            return current.get(
                 group, key, rate, algorithm=algorithm, name=name, consistency=consistency
             )
         return self.check(
@@ -170,8 +175,9 @@ class Limiter:
         counters deleted, for strict groups); the reset travels to the other
         processes with the next sync round.
         """
-        if self._retired:
-            return get_limiter().reset(group, key)
+        current = self._current()
+        if current is not self:
+            return current.reset(group, key)
         self._ensure_sync()
         removed = self.store.reset(group, key)
         if group in strict_groups():
@@ -324,15 +330,24 @@ class Limiter:
 
     # -- sync --------------------------------------------------------------------
 
+    def _current(self) -> Limiter:
+        """Who answers calls made on this limiter: itself, unless it was replaced."""
+        # get_limiter() never returns a retired limiter for long; never forward to self.
+        return get_limiter() if self._retired else self
+
     def _ensure_sync(self) -> None:
         with self._sync_lock:
-            if self._sync_checked:
-                return
-            self._sync_checked = True
-            self._update_fast()
+            if self._sync_checked or self._retired:
+                return  # a replaced limiter must not start a thread nobody would stop
             from .sync import start_sync
 
-            self.sync = start_sync(self.store)
+            # Other threads wait on the lock meanwhile (STARTUP_SYNC_WAIT included):
+            # none decides before this process has joined.
+            try:
+                self.sync = start_sync(self.store)
+            finally:
+                self._sync_checked = True  # tried once, whatever happened
+                self._update_fast()
 
     def close(self) -> None:
         """Stop the sync thread (tests, clean shutdown)."""
@@ -351,8 +366,11 @@ class Limiter:
 
     def _set_retired(self, retired: bool) -> None:
         """Another limiter became the process limiter (or this one did again)."""
-        self._retired = retired
-        self._update_fast()
+        with self._sync_lock:  # _ensure_sync() writes _fast too
+            self._retired = retired
+            if not retired and self._sync_wanted and self.sync is None:
+                self._sync_checked = False  # closed when it was replaced: sync again
+            self._update_fast()
 
 
 class _SingleRates(dict[str, "tuple[int, int] | None"]):
@@ -372,13 +390,6 @@ class _SingleRates(dict[str, "tuple[int, int] | None"]):
 _SINGLE_RATES = _SingleRates()
 _new_usage = tuple.__new__
 _floor = math.floor
-
-
-def window_start(now: float, period: int) -> int:
-    """The start of the epoch-aligned window of ``period`` seconds containing ``now``."""
-    # floor, not int(): the same for any time after 1970, and cheaper.
-    seconds = _floor(now)
-    return seconds - seconds % period
 
 
 def _rates(rate: Any) -> tuple[Rate, ...]:
@@ -415,11 +426,13 @@ def set_limiter(new: Limiter | None) -> Limiter | None:
     """Swap this process's limiter (tests); closes the old one. Returns the old one."""
     global _limiter
     with _limiter_lock:
+        # Un-retire the new one before publishing it, retire the old one after:
+        # a call kept from the old one must always find a current limiter.
+        if new is not None:
+            new._set_retired(False)
         old, _limiter = _limiter, new
         if old is not None and old is not new:
             old._set_retired(True)
-        if new is not None:
-            new._set_retired(False)
         _facade._bind(new)
     if old is not None and old is not new:
         old.close()
@@ -443,8 +456,15 @@ def start_sync_on_request(**kwargs: Any) -> None:
     current = _limiter
     if current is not None and current._sync_checked:
         return
-    if conf.ENABLED:
-        get_limiter()._ensure_sync()
+    try:
+        if conf.ENABLED:
+            get_limiter()._ensure_sync()
+    except Exception:
+        # Bad settings (system checks do not run under gunicorn or uvicorn): only the
+        # limited routes may fail, never a health check.
+        log_throttled(
+            "sync-start", logging.ERROR, "dratelimit: cannot start the limiter", exc_info=True
+        )
 
 
 def _after_fork() -> None:

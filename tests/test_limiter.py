@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -336,3 +338,56 @@ def test_hit_refuses_an_empty_group_or_key() -> None:
         limiter.hit("g", "", "1/m")
     with pytest.raises(ValueError, match="non-empty"):
         limiter.hit("", "k", "1/m")
+
+
+def test_a_limiter_caught_retired_while_current_answers_itself(clock: FakeClock) -> None:
+    # The moment inside a swap back (A, B, then A again) where A is current but
+    # still flagged retired: a kept call must count, not forward to itself forever.
+    own = Limiter(CounterStore(), clock=clock, sync=False)
+    set_limiter(own)
+    own._retired = True
+    assert own.hit("g", "k", "5/m").count == 1
+    assert own.get("g", "k", "5/m").count == 1
+    own._retired = False
+
+
+def test_threads_wait_while_the_first_one_joins_the_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django_dratelimit import sync
+
+    joined = threading.Event()
+    order: list[str] = []
+
+    def slow_start(store: CounterStore) -> None:
+        time.sleep(0.2)  # joining, and STARTUP_SYNC_WAIT
+        order.append("joined")
+        joined.set()
+
+    monkeypatch.setattr(sync, "start_sync", slow_start)
+    fresh = Limiter(CounterStore())
+    first = threading.Thread(target=fresh.hit, args=("g", "k", "5/m"))
+    first.start()
+    time.sleep(0.05)  # the first thread is inside start_sync, holding the lock
+    fresh.hit("g", "k", "5/m")
+    order.append("second decided")
+    first.join()
+    assert order == ["joined", "second decided"]
+    assert fresh._fast is True
+
+
+def test_a_failing_start_is_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django_dratelimit import sync
+
+    calls: list[int] = []
+
+    def broken(store: CounterStore) -> None:
+        calls.append(1)
+        raise RuntimeError("broken layer settings")
+
+    monkeypatch.setattr(sync, "start_sync", broken)
+    fresh = Limiter(CounterStore())
+    with pytest.raises(RuntimeError):
+        fresh.hit("g", "k", "5/m")
+    assert fresh.hit("g", "k", "5/m").count == 1  # counted locally from then on
+    assert calls == [1]

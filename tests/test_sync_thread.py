@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 from django.test import Client, override_settings
 
+from django_dratelimit import logutil
 from django_dratelimit.limiter import Limiter, get_limiter, set_limiter
+from django_dratelimit.rates import parse_rate_string
 from django_dratelimit.store import CounterStore
 from django_dratelimit.sync import SyncThread, start_sync
 from tests.cluster import RedisServer, wait_for
@@ -27,6 +29,14 @@ def redis_layers(request: pytest.FixtureRequest, redis_db: RedisServer) -> Itera
         yield request.param
 
 
+@pytest.fixture(autouse=True)
+def one_window() -> None:
+    """Hourly rates, and never the last half minute of an hour: a test's hits share a window."""
+    left = 3600 - time.time() % 3600
+    if left < 30:
+        time.sleep(left + 0.05)
+
+
 def sync_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "dratelimit-sync"]
 
@@ -34,22 +44,22 @@ def sync_threads() -> list[threading.Thread]:
 def test_two_processes_worth_of_limiters_converge(redis_layers: str) -> None:
     first, second = Limiter(), Limiter()
     try:
-        first.hit("g", "k", "100/m")
-        second.hit("g", "k", "100/m")
+        first.hit("g", "k", "100/h")
+        second.hit("g", "k", "100/h")
         assert first.sync is not None
         assert second.sync is not None
         assert len(sync_threads()) == 2
         for _ in range(20):
-            first.hit("g", "k", "100/m")
-            second.hit("g", "k", "100/m")
-        wait_for(lambda: first.get("g", "k", "100/m").count == 42, 5, "first to see 42")
-        wait_for(lambda: second.get("g", "k", "100/m").count == 42, 5, "second to see 42")
+            first.hit("g", "k", "100/h")
+            second.hit("g", "k", "100/h")
+        wait_for(lambda: first.get("g", "k", "100/h").count == 42, 5, "first to see 42")
+        wait_for(lambda: second.get("g", "k", "100/h").count == 42, 5, "second to see 42")
         # A reset on one side reaches the other, and the count stays down.
         first.reset("g", "k")
-        wait_for(lambda: second.get("g", "k", "100/m").count == 0, 5, "the reset to arrive")
+        wait_for(lambda: second.get("g", "k", "100/h").count == 0, 5, "the reset to arrive")
         time.sleep(0.6)  # one anti-entropy round must not resurrect it
-        assert first.get("g", "k", "100/m").count == 0
-        assert second.get("g", "k", "100/m").count == 0
+        assert first.get("g", "k", "100/h").count == 0
+        assert second.get("g", "k", "100/h").count == 0
     finally:
         first.close()
         second.close()
@@ -60,12 +70,12 @@ def test_a_late_limiter_catches_up(redis_layers: str) -> None:
     first = Limiter()
     try:
         for _ in range(15):
-            first.hit("g", "k", "100/m")
+            first.hit("g", "k", "100/h")
         with override_settings(DRATELIMIT={"SYNC_INTERVAL": 0.01, "STARTUP_SYNC_WAIT": 2.0}):
             late = Limiter()
             try:
                 # The first use waits (at most STARTUP_SYNC_WAIT) for a peer's state.
-                assert late.get("g", "k", "100/m").count == 15
+                assert late.get("g", "k", "100/h").count == 15
             finally:
                 late.close()
     finally:
@@ -75,7 +85,7 @@ def test_a_late_limiter_catches_up(redis_layers: str) -> None:
 def test_local_only_settings_start_no_thread(redis_db: RedisServer) -> None:
     with override_settings(DRATELIMIT={"CHANNEL_LAYER": None}):
         limiter = Limiter()
-        limiter.hit("g", "k", "5/m")
+        limiter.hit("g", "k", "5/h")
         assert limiter.sync is None
     with override_settings(CHANNEL_LAYERS={}):
         assert start_sync(CounterStore()) is None
@@ -91,8 +101,8 @@ def test_broken_layer_config_keeps_limiting_locally(
 ) -> None:
     with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "no.such.Layer"}}):
         limiter = Limiter()
-        assert limiter.hit("g", "k", "1/m").allowed
-        assert not limiter.hit("g", "k", "1/m").allowed
+        assert limiter.hit("g", "k", "1/h").allowed
+        assert not limiter.hit("g", "k", "1/h").allowed
         assert limiter.sync is None
     assert "cannot import channel layer" in caplog.text
     assert sync_threads() == []
@@ -102,7 +112,7 @@ def test_broker_down_at_start_then_up(redis_layers: str, redis_db: RedisServer) 
     redis_db.stop()
     limiter = Limiter()
     try:
-        assert limiter.hit("g", "k", "100/m").count == 1  # never waits for the broker
+        assert limiter.hit("g", "k", "100/h").count == 1  # never waits for the broker
         assert limiter.sync is not None
         assert limiter.sync.node is not None
         node = limiter.sync.node
@@ -110,9 +120,9 @@ def test_broker_down_at_start_then_up(redis_layers: str, redis_db: RedisServer) 
         redis_db.start()
         peer = Limiter()
         try:
-            peer.hit("g", "k", "100/m")
-            wait_for(lambda: peer.get("g", "k", "100/m").count == 2, 15, "peer to see 2")
-            wait_for(lambda: limiter.get("g", "k", "100/m").count == 2, 15, "first to see 2")
+            peer.hit("g", "k", "100/h")
+            wait_for(lambda: peer.get("g", "k", "100/h").count == 2, 15, "peer to see 2")
+            wait_for(lambda: limiter.get("g", "k", "100/h").count == 2, 15, "first to see 2")
         finally:
             peer.close()
     finally:
@@ -133,12 +143,12 @@ def test_the_first_request_of_any_kind_joins_the_cluster(redis_layers: str, clie
     set_limiter(None)
     try:
         for _ in range(5):
-            peer.hit("g", "k", "100/m")
+            peer.hit("g", "k", "100/h")
         client.get("/no-such-page/")  # not limited: a health check, say
         joined = get_limiter()
         assert joined.sync is not None
         # It hears the peer's counts before its first limited request.
-        bucket = ("g", "k", 60, int(time.time()) // 60 * 60)
+        bucket = ("g", "k", 3600, int(time.time()) // 3600 * 3600)
         wait_for(lambda: joined.store.total(bucket) == 5, 5, "the peer's 5 hits")
         client.get("/no-such-page/")
         assert get_limiter() is joined
@@ -164,10 +174,10 @@ def test_two_sites_on_one_redis_do_not_share_counts(redis_layers: str) -> None:
     ours = Limiter()
     with override_settings(SECRET_KEY="another site on the same Redis"):
         theirs = Limiter()
-        theirs.hit("api", "k", "100/m")  # starts its sync thread with its own group
+        theirs.hit("api", "k", "100/h")  # starts its sync thread with its own group
     try:
         for _ in range(5):
-            ours.hit("api", "k", "100/m")
+            ours.hit("api", "k", "100/h")
         assert ours.sync is not None
         assert theirs.sync is not None
         assert ours.sync.node is not None
@@ -175,11 +185,51 @@ def test_two_sites_on_one_redis_do_not_share_counts(redis_layers: str) -> None:
         assert ours.sync.node.group != theirs.sync.node.group
         twin = Limiter()  # a second process of our site
         try:
-            wait_for(lambda: twin.get("api", "k", "100/m").count == 5, 5, "our own 5 hits")
+            wait_for(lambda: twin.get("api", "k", "100/h").count == 5, 5, "our own 5 hits")
         finally:
             twin.close()
         time.sleep(0.1)  # several sync rounds
-        assert theirs.get("api", "k", "100/m").count == 1
+        assert theirs.get("api", "k", "100/h").count == 1
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_replaced_limiter_starts_no_thread_and_a_reinstalled_one_syncs_again(
+    redis_layers: str,
+) -> None:
+    first, second = Limiter(), Limiter()
+    try:
+        set_limiter(first)
+        first.hit("g", "k", "5/h")
+        assert first.sync is not None
+        set_limiter(second)  # closes first's thread
+        assert first.sync is None
+        # What the middleware does with the limiter it fetched just before the swap.
+        first.check("g", "k", parse_rate_string("5/h"), "fixed_window", 1)
+        assert first.sync is None  # replaced: nothing may start a thread on it
+        set_limiter(first)  # the process limiter again: it joins again on first use
+        first.hit("g", "k", "5/h")
+        assert first.sync is not None
+        assert len(sync_threads()) == 1  # second was never used
+    finally:
+        set_limiter(None)
+        first.close()
+        second.close()
+    assert sync_threads() == []
+
+
+def test_bad_settings_fail_limited_routes_only(
+    redis_layers: str,
+    client: Client,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(logutil, "_last", {})  # no throttling left over from other tests
+    set_limiter(None)
+    with override_settings(DRATELIMIT={"MAX_KEYS": "many"}):  # checks do not run in servers
+        response = client.get("/no-such-page/")
+    set_limiter(None)
+    assert response.status_code == 404  # not a 500 from request_started
+    assert "cannot start the limiter" in caplog.text
+    assert sync_threads() == []

@@ -140,9 +140,7 @@ class Limiter:
     ) -> Usage:
         current = self._current()
         if current is not self:
-            return current.hit(
-                group, key, rate, algorithm=algorithm, cost=cost, name=name, consistency=consistency
-            )
+            return current._hit(group, key, rate, algorithm, cost, name, consistency)
         if not key or not group:
             raise ValueError("limiter.hit() needs a non-empty group and key")
         rates = _rates(rate)

@@ -36,14 +36,10 @@ import http.client
 import json
 import os
 import platform
-import queue
 import random
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model, load_average  # noqa: E402
+from workers import Worker, redis_info  # noqa: E402
 
 from tests.cluster import LOOPBACK, DemoServer, RedisServer, load, wait_for  # noqa: E402
 
@@ -122,37 +119,10 @@ def interval_label(interval: float) -> str:
     return f"{interval:g} s" + (" (one message per hit)" if interval == 0 else " (batched)")
 
 
-# -- Redis, spoken directly (no client library in the measuring process) --------------
-
-
-def redis_call(port: int, *args: str) -> bytes:
-    """One command; returns a simple or bulk string reply."""
-    payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
-    with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
-        sock.sendall(payload.encode())
-        with sock.makefile("rb") as reply:
-            line = reply.readline()
-            if line.startswith(b"$"):
-                size = int(line[1:])
-                return reply.read(size) if size >= 0 else b""
-            if line.startswith((b"+", b":")):
-                return line[1:].strip()
-            raise RuntimeError(f"redis {args[0]}: {line!r}")
-
-
-def redis_info(port: int, section: str) -> dict[str, str]:
-    text = redis_call(port, "INFO", section).decode()
-    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {k: v for k, v in pairs}
-
-
 def command_calls(port: int) -> dict[str, int]:
     """Calls per command since the server started (commands run by scripts included)."""
-    calls: dict[str, int] = {}
-    for name, stats in redis_info(port, "commandstats").items():
-        fields = dict(part.split("=", 1) for part in stats.split(","))
-        calls[name.removeprefix("cmdstat_")] = int(fields["calls"])
-    return calls
+    stats = redis_info(port, "commandstats")
+    return {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
 
 
 # Our own measuring commands, left out of the deltas.
@@ -389,82 +359,6 @@ def server_env(redis: RedisServer, interval: float, layer: str, rate: str) -> di
     }
 
 
-class Worker:
-    """A Django process (this file with --worker) driving Limiter.hit, steered over stdin."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
-            prefix="dratelimit-bench-worker-", suffix=".log", delete=False
-        )
-        self.process: subprocess.Popen[str] | None = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker"],
-            cwd=ROOT,
-            env={
-                **os.environ,
-                "PYTHONPATH": str(ROOT),
-                "DJANGO_SETTINGS_MODULE": "testproject.settings",
-                **env,
-            },
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        process = self.process
-        if process is None or process.stdout is None:
-            return
-        for line in process.stdout:
-            self.lines.put(line)
-
-    def send(self, **command: Any) -> None:
-        assert self.process is not None
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-
-    def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"worker: no {event!r} within {timeout} s\n{self.output()}")
-            try:
-                line = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                if self.process is None or self.process.poll() is not None:
-                    raise RuntimeError(f"worker exited before {event!r}\n{self.output()}") from None
-                continue
-            with contextlib.suppress(ValueError):
-                message: dict[str, Any] = json.loads(line)
-                if message.get("event") == event:
-                    return message
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            if process.stdin is not None:
-                with contextlib.suppress(OSError):
-                    process.stdin.close()  # EOF: the worker stops its sync thread and exits
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-            if process.stdout is not None:
-                process.stdout.close()
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
-
-
 class Cluster:
     """Owns the redis-server and every process started; ``close`` stops them all."""
 
@@ -481,7 +375,7 @@ class Cluster:
         self.close()
 
     def fresh_redis(self) -> None:
-        redis_call(self.redis.port, "FLUSHALL")
+        self.redis.command("FLUSHALL")
 
     def start_servers(self, interval: float, layer: str, rate: str) -> list[DemoServer]:
         """Three uvicorn servers (one worker each), started in parallel."""
@@ -503,7 +397,7 @@ class Cluster:
         env = server_env(self.redis, interval, layer, TRAFFIC_RATE)
         workers = []
         for _ in range(NODES):
-            workers.append(Worker(env))
+            workers.append(Worker(Path(__file__), env))
             self.workers.append(workers[-1])
         for worker in workers:
             worker.expect("ready", 60)

@@ -25,20 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import channel_layers
-from django.conf import settings
 
-from . import protocol
 from .conf import conf
-from .protocol import MalformedMessage
 from .rates import MAX_LIMIT, MAX_PERIOD, Rate
 from .store import BucketState
-from .sync import close_layer, is_idle_timeout
+from .sync import protocol
+from .sync.keys import signing_keys, sync_groups
+from .sync.layers import IN_MEMORY, close_layer, is_idle_timeout, layer_config
+from .sync.protocol import MalformedMessage
 
 logger = logging.getLogger("django_dratelimit")
 
 DEFAULT_TIMEOUT = 2.0
 MAX_TIMEOUT = 60.0
-IN_MEMORY = "channels.layers.InMemoryChannelLayer"
 NO_ANSWER = (
     "no running process answered; is the site running and configured with the same CHANNEL_LAYERS?"
 )
@@ -48,8 +47,6 @@ _LOCAL_ONLY = (
     "channels_redis.pubsub.RedisPubSubChannelLayer (see README, 'Running a cluster')."
 )
 _COUNTERS = ("messages_sent", "messages_received", "broker_errors")
-# What a node received and could not use: it was dropped, not applied.
-_DROPPED = ("malformed", "unknown_types", "handler_errors")
 
 
 class ClusterError(Exception):
@@ -140,6 +137,7 @@ class Gathered:
     alias: str
     group: str
     timeout: float
+    groups: list[str] = field(default_factory=list)
     ignored: int = 0  # malformed replies, or replies to another request or group
     duplicates: int = 0
 
@@ -220,14 +218,14 @@ def _number(value: Any, what: str, optional: bool = False) -> float | None:
 
 
 def _string(value: Any, what: str) -> str:
-    # Unlike protocol._text, may be empty (a layer name, the last error).
+    # Unlike protocol.text, may be empty (a layer name, the last error).
     if not isinstance(value, str) or len(value) > protocol.MAX_TEXT:
         raise MalformedMessage(f"{what} must be a string of at most {protocol.MAX_TEXT} chars")
     return value
 
 
 def _count(value: Any, what: str) -> int:
-    return protocol._int(value, what, 0, protocol.MAX_COUNT)
+    return protocol.count(value, what)
 
 
 def parse_info(raw: Any, sender: str, now: float) -> NodeInfo:
@@ -245,13 +243,18 @@ def parse_info(raw: Any, sender: str, now: float) -> NodeInfo:
         if isinstance(k, str) and (v is None or isinstance(v, bool | int | float | str))
     }
     counters = {name: _count(metrics.get(name, 0), f"metrics.{name}") for name in _COUNTERS}
-    dropped = sum(_count(metrics.get(name, 0), f"metrics.{name}") for name in _DROPPED)
+    # What a node received and could not use: dropped, not applied (dropped_<reason>).
+    dropped = sum(
+        _count(value, f"metrics.{name}")
+        for name, value in metrics.items()
+        if isinstance(name, str) and name.startswith("dropped_")
+    )
     return NodeInfo(
         node=sender,
-        host=protocol._text(raw.get("host"), "info.host"),  # type: ignore[arg-type]
-        pid=protocol._int(raw.get("pid"), "info.pid", 0, 2**32),
+        host=protocol.required_text(raw.get("host"), "info.host"),
+        pid=protocol.integer(raw.get("pid"), "info.pid", 0, 2**32),
         layer=_string(raw.get("layer"), "info.layer"),
-        group=protocol._text(raw.get("group"), "info.group"),  # type: ignore[arg-type]
+        group=protocol.required_text(raw.get("group"), "info.group"),
         buckets=_count(raw.get("buckets"), "info.buckets"),
         sync_interval=_number(raw.get("sync_interval"), "info.sync_interval") or 0.0,
         started_at=_number(metrics.get("started_at"), "metrics.started_at") or 0.0,
@@ -273,49 +276,57 @@ def parse_rates(raw: Any) -> dict[str, tuple[Rate, ...]]:
         raise MalformedMessage("rates must be a dict of groups")
     rates = {}
     for group, pairs in raw.items():
-        protocol._text(group, "rate group")
+        protocol.text(group, "rate group")
         if not isinstance(pairs, list) or len(pairs) > 16:
             raise MalformedMessage("a group's rates must be a list of [limit, period]")
         parsed = []
         for pair in pairs:
             if not isinstance(pair, list | tuple) or len(pair) != 2:
                 raise MalformedMessage("a rate must be [limit, period]")
-            limit = protocol._int(pair[0], "rate limit", 0, MAX_LIMIT)
-            period = protocol._int(pair[1], "rate period", 1, MAX_PERIOD)
+            limit = protocol.integer(pair[0], "rate limit", 0, MAX_LIMIT)
+            period = protocol.integer(pair[1], "rate period", 1, MAX_PERIOD)
             parsed.append(Rate(limit, period))
         rates[group] = tuple(parsed)
     return rates
 
 
 def parse_reply(
-    message: Any, request: str, group: str, kind: str, now: float | None = None
+    message: Any,
+    request: str,
+    groups: Iterable[str],
+    kind: str,
+    keys: list[bytes],
+    now: float | None = None,
 ) -> Answer:
-    """Validate one reply as a whole; raise MalformedMessage (or _Ignored) to drop it."""
+    """Open and validate one reply as a whole; raise MalformedMessage (or _Ignored) to drop it."""
     now = time.time() if now is None else now
-    sender = protocol.check_envelope(message)
-    if message.get("type") != protocol.REPLY:
-        raise MalformedMessage(f"type {message.get('type')!r}, expected {protocol.REPLY}")
-    if message.get("request") != request:
+    try:
+        reply_kind, payload = protocol.open_message(message, keys, now)
+    except protocol.Rejected as exc:
+        raise MalformedMessage(f"{exc} ({exc.reason})") from None
+    if reply_kind != protocol.REPLY:
+        raise MalformedMessage(f"type {reply_kind!r}, expected {protocol.REPLY}")
+    if payload.get("request") != request:
         raise _Ignored("a reply to another request")
-    info = parse_info(message.get("info"), sender, now)
-    if info.group != group:
-        raise _Ignored(f"a reply from group {info.group!r}, not {group!r}")
+    info = parse_info(payload.get("info"), payload["node"], now)
+    if info.group not in groups:
+        raise _Ignored(f"a reply from group {info.group!r}, not one of {list(groups)}")
     if kind == protocol.RESET:
-        generation = message.get("generation")
+        generation = payload.get("generation")
         if generation is not None:
             # As the nodes bound a reset's generation: ns, not far past our clock.
             high = int(now * 1e9) + int(protocol.CLOCK_SKEW * 1e9)
-            generation = protocol._int(generation, "generation", 0, high)
+            generation = protocol.integer(generation, "generation", 0, high)
         return Answer(
-            info, removed=_count(message.get("removed"), "removed"), generation=generation
+            info, removed=_count(payload.get("removed"), "removed"), generation=generation
         )
-    truncated = message.get("truncated", False)
+    truncated = payload.get("truncated", False)
     if not isinstance(truncated, bool):
         raise MalformedMessage("truncated must be a boolean")
     return Answer(
         info,
-        buckets=tuple(protocol.decode_buckets(message.get("buckets"), now)),
-        rates=parse_rates(message.get("rates")),
+        buckets=tuple(protocol.decode_states(payload.get("buckets"), now)),
+        rates=parse_rates(payload.get("rates")),
         truncated=truncated,
     )
 
@@ -328,7 +339,7 @@ def layer_alias() -> str:
     alias = conf.CHANNEL_LAYER
     if alias is None:
         raise LocalOnly(_LOCAL_ONLY.format(why="DRATELIMIT['CHANNEL_LAYER'] = None"))
-    config = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(alias)
+    config = layer_config(alias)
     if not config:
         raise LocalOnly(_LOCAL_ONLY.format(why=f"no {alias!r} entry in CHANNEL_LAYERS"))
     if config.get("BACKEND") == IN_MEMORY:
@@ -354,7 +365,7 @@ async def ask(
         layer = channel_layers.make_backend(alias)
     except Exception as exc:
         raise ClusterError(f"cannot build the channel layer {alias!r}: {exc}") from exc
-    gathered = Gathered([], alias, group, timeout)
+    gathered = Gathered([], alias, group, timeout, sync_groups())
     try:
         await _ask(layer, kind, fields, gathered)
     finally:
@@ -377,21 +388,26 @@ async def _ask(layer: Any, kind: str, fields: dict[str, Any], gathered: Gathered
         reply = await asyncio.wait_for(layer.new_channel(), timeout)
     except Exception as exc:
         raise _broker_error(gathered, exc) from exc
-    message = {
-        "type": kind,
-        "v": protocol.VERSION,
+    keys = signing_keys()
+    payload = {
         # Our own id: a node ignores messages that carry its id.
         "node": uuid.uuid4().hex,
-        "reply": reply,
-        "request": request,
+        "ch": reply,
+        "ts": time.time(),
+        "id": request,
         **fields,
     }
+    message = protocol.seal(kind, payload, keys)
     answers: dict[str, Answer] = {}
     # One receive for the whole wait: cancelling a pub/sub receive unsubscribes.
-    receiving = asyncio.ensure_future(_collect(layer, reply, request, kind, gathered, answers))
+    receiving = asyncio.ensure_future(
+        _collect(layer, reply, request, kind, keys, gathered, answers)
+    )
     try:
         try:
-            await asyncio.wait_for(layer.group_send(gathered.group, message), timeout)
+            for group in gathered.groups:
+                # A process in two groups (a key rotation) drops the second as a replay.
+                await asyncio.wait_for(layer.group_send(group, message), timeout)
         except Exception as exc:
             raise _broker_error(gathered, exc) from exc
         # The whole timeout, counted from the moment the request is out (connecting
@@ -413,6 +429,7 @@ async def _collect(
     reply: str,
     request: str,
     kind: str,
+    keys: list[bytes],
     gathered: Gathered,
     answers: dict[str, Answer],
 ) -> None:
@@ -426,7 +443,7 @@ async def _collect(
                 continue  # redis-py's socket timeout while nobody answers: keep waiting
             raise
         try:
-            answer = parse_reply(message, request, gathered.group, kind)
+            answer = parse_reply(message, request, gathered.groups, kind, keys)
         except MalformedMessage as exc:
             gathered.ignored += 1
             level = logging.DEBUG if isinstance(exc, _Ignored) else logging.WARNING
@@ -476,8 +493,8 @@ def reset_cluster(
     for the same key (a reset made on a host whose clock runs ahead) reports
     it, and the reset is sent once more just above it, so it always wins.
     """
-    protocol._text(group, "group")
-    protocol._text(key, "key", optional=True)
+    protocol.text(group, "group")
+    protocol.text(key, "key", optional=True)
     return asyncio.run(_reset(group, key, timeout))
 
 

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "CHANNEL_LAYER": "default",
     "GROUP": None,  # None: site_group(), one per SECRET_KEY
     "SYNC_INTERVAL": 0.05,
+    # The most batched sync messages a second a process should have to read from its
+    # peers: past that many peers, every process stretches its interval to match.
+    "SYNC_RECEIVE_BUDGET": 200,
     "ANTI_ENTROPY_INTERVAL": 5.0,
     "MAX_MESSAGE_BUCKETS": 500,
     "STARTUP_SYNC_WAIT": 0.0,
@@ -100,6 +103,15 @@ class Settings:
         group = self._get("GROUP")
         return site_group() if group is None else str(group)
 
+    def group_setting(self) -> str | None:
+        """GROUP as configured: None means derived from SECRET_KEY."""
+        group = self._get("GROUP")
+        return None if group is None else str(group)
+
+    @property
+    def SYNC_RECEIVE_BUDGET(self) -> float:
+        return float(self._get("SYNC_RECEIVE_BUDGET"))
+
     @property
     def SYNC_INTERVAL(self) -> float:
         return float(self._get("SYNC_INTERVAL"))
@@ -140,7 +152,13 @@ def site_group() -> str:
         secret = settings.SECRET_KEY
     except ImproperlyConfigured:
         return "dratelimit"
-    digest = salted_hmac("django_dratelimit.conf.site_group", "sync group", secret=secret)
+    return group_for_secret(secret)
+
+
+def group_for_secret(secret: str) -> str:
+    digest = salted_hmac(
+        "django_dratelimit.conf.site_group", "sync group v2", secret=secret, algorithm="sha256"
+    )
     return f"dratelimit-{digest.hexdigest()[:10]}"
 
 

@@ -49,6 +49,18 @@ class BucketState(NamedTuple):
         return sum(c for origin, c in self.counts.items() if not origin.startswith("~"))
 
 
+class Entry(NamedTuple):
+    """One origin's absolute count in one bucket: what sync protocol v2 sends."""
+
+    group: str
+    key: str
+    period: int
+    window_start: int
+    generation: int
+    amount: int  # this origin's count: hits (or, for the token buckets, thousandths of tokens)
+    register: int  # the token buckets' max-merged register (0 for other algorithms)
+
+
 class ResetState(NamedTuple):
     """A reset of one key (or of a whole group when ``key`` is None)."""
 
@@ -90,6 +102,7 @@ class CounterStore:
         self._next_sweep = 0.0
         self._key_gens: dict[tuple[str, str], int] = {}
         self._group_gens: dict[str, int] = {}
+        self._own_resets: dict[tuple[str, str | None], int] = {}
         # Buckets changed by local hits since the last round, in the order they changed;
         # a key can appear twice (deleted, then re-created), take_dirty() sends it once.
         self._dirty: list[BucketKey] = []
@@ -99,6 +112,7 @@ class CounterStore:
         # Set by the sync thread: track what changed, and (SYNC_INTERVAL = 0) wake it per hit.
         self.track_dirty = False
         self.on_hit: Callable[[BucketKey], None] | None = None
+        self.on_dirty: Callable[[], None] | None = None
         _STORES.add(self)
 
     def __len__(self) -> int:
@@ -167,6 +181,8 @@ class CounterStore:
         # Caller holds the lock. Queued once per round, however many hits it takes.
         if not bucket.dirty:
             bucket.dirty = True
+            if not self._dirty and self.on_dirty is not None:
+                self.on_dirty()  # the first change of a round wakes the idle sync loop
             self._dirty.append(bucket_key)
         if self.on_hit is not None:
             self.on_hit(bucket_key)  # non-blocking: wakes the sync loop
@@ -207,6 +223,8 @@ class CounterStore:
         horizon = time.time_ns() - RESET_TTL * 1_000_000_000
         if self._key_gens and len(self._key_gens) > self.max_keys:
             self._key_gens = {k: g for k, g in self._key_gens.items() if g > horizon}
+        if len(self._own_resets) > self.max_keys:
+            self._own_resets = {k: g for k, g in self._own_resets.items() if g > horizon}
 
     def _evict_oldest(self, now: float) -> None:
         self._buckets.popitem(last=False)
@@ -223,30 +241,37 @@ class CounterStore:
 
     # -- the sync thread ----------------------------------------------------
 
+    def _entry(self, bucket_key: BucketKey, bucket: Bucket) -> Entry:
+        return Entry(*bucket_key, bucket.generation, bucket.local, bucket.remote.get(REGISTER, 0))
+
     def _state(self, bucket_key: BucketKey, bucket: Bucket) -> BucketState:
         counts = dict(bucket.remote)
         if bucket.local:
             counts[self.origin] = bucket.local
         return BucketState(*bucket_key, bucket.generation, counts)
 
-    def take_dirty(self) -> list[BucketState]:
-        """The buckets changed by local hits since the last call, with absolute counts."""
+    def take_dirty(self) -> list[Entry]:
+        """This process's own counts of the buckets its hits changed since the last call."""
         with self._lock:
             dirty, self._dirty = self._dirty, []
-            states = []
+            entries = []
             for bucket_key in dirty:
                 bucket = self._buckets.get(bucket_key)
                 # None: swept, evicted or reset since; not dirty: taken from an earlier entry.
                 if bucket is not None and bucket.dirty:
                     bucket.dirty = False
-                    states.append(self._state(bucket_key, bucket))
-            return states
+                    entries.append(self._entry(bucket_key, bucket))
+            return entries
+
+    def has_dirty(self) -> bool:
+        return bool(self._dirty or self._pending_resets)
 
     def stop_tracking(self) -> None:
         """No sync thread any more: stop queueing changes and forget the queue."""
         with self._lock:
             self.track_dirty = False
             self.on_hit = None
+            self.on_dirty = None
             for bucket_key in self._dirty:
                 bucket = self._buckets.get(bucket_key)
                 if bucket is not None:
@@ -263,26 +288,56 @@ class CounterStore:
                     bucket.dirty = True
                     self._dirty.append(bucket_key)
 
-    def states(self, bucket_keys: Iterable[BucketKey]) -> list[BucketState]:
+    def entries(self, bucket_keys: Iterable[BucketKey]) -> list[Entry]:
+        """This process's own counts of some buckets."""
         with self._lock:
             buckets = self._buckets
-            return [self._state(k, buckets[k]) for k in bucket_keys if k in buckets]
+            return [self._entry(k, buckets[k]) for k in bucket_keys if k in buckets]
 
-    def live_states(self, now: float, own_only: bool = False) -> list[BucketState]:
-        """Every live bucket (``own_only``: those this process has hits in)."""
+    def own_entries(self, now: float) -> list[Entry]:
+        """This process's own counts of every live bucket it has hits in."""
         with self._lock:
             return [
-                self._state(k, b)
+                self._entry(k, b)
                 for k, b in self._buckets.items()
-                if b.expires_at > now and (b.local or not own_only)
+                if b.local and b.expires_at > now
             ]
 
-    def merge(self, states: Iterable[BucketState], now: float) -> int:
-        """Max-merge other origins' absolute counts; return how many buckets grew."""
-        changed = 0
+    def relay_entries(self, now: float, exclude: Iterable[str]) -> dict[str, list[Entry]]:
+        """Other origins' counts of the live buckets, by origin, except ``exclude``'s."""
+        skip = {*exclude, self.origin}
+        relay: dict[str, list[Entry]] = {}
         with self._lock:
-            for state in states:
-                group, key, period, start, generation, counts = state
+            for bucket_key, bucket in self._buckets.items():
+                if bucket.expires_at <= now:
+                    continue
+                register = bucket.remote.get(REGISTER, 0)
+                for origin, count in bucket.remote.items():
+                    if origin not in skip and origin[0] != "~":
+                        entry = Entry(*bucket_key, bucket.generation, count, register)
+                        relay.setdefault(origin, []).append(entry)
+        return relay
+
+    def live_states(self, now: float) -> list[BucketState]:
+        """Every live bucket with every origin's count (for inspection)."""
+        with self._lock:
+            return [self._state(k, b) for k, b in self._buckets.items() if b.expires_at > now]
+
+    def origins(self, now: float) -> set[str]:
+        """Every origin with a count in a live bucket, this one included if it has any."""
+        with self._lock:
+            found = {o for b in self._buckets.values() if b.expires_at > now for o in b.remote}
+            if any(b.local for b in self._buckets.values()):
+                found.add(self.origin)
+        return {o for o in found if o[0] != "~"}
+
+    def merge(self, origin: str, entries: Iterable[Entry], now: float) -> int:
+        """Max-merge ``origin``'s absolute counts; return how many buckets grew."""
+        changed = 0
+        own = origin == self.origin
+        with self._lock:
+            for entry in entries:
+                group, key, period, start, generation, count, register = entry
                 if start + 2 * period <= now:
                     continue
                 current = self._generation(group, key)
@@ -296,21 +351,22 @@ class CounterStore:
                     bucket = self._create(bucket_key, now, generation)
                 grew = False
                 remote = bucket.remote
-                for origin, count in counts.items():
-                    if origin == self.origin:
-                        # We are the authority on our own count, unless we lost it
-                        # (the bucket was evicted, then re-created by a peer's state).
-                        if count > bucket.local:
-                            bucket.total += count - bucket.local
-                            bucket.local = count
-                            grew = True
-                        continue
+                if own:
+                    # We are the authority on our own count, unless we lost it
+                    # (the bucket was evicted, then re-created by a peer's relay).
+                    if count > bucket.local:
+                        bucket.total += count - bucket.local
+                        bucket.local = count
+                        grew = True
+                else:
                     known = remote.get(origin, 0)
                     if count > known:
                         remote[origin] = count
-                        if origin[0] != "~":
-                            bucket.total += count - known
+                        bucket.total += count - known
                         grew = True
+                if register > remote.get(REGISTER, 0):
+                    remote[REGISTER] = register
+                    grew = True
                 changed += grew
         return changed
 
@@ -325,7 +381,10 @@ class CounterStore:
                 generation = max(time.time_ns(), self._highest_generation(group, key) + 1)
             reset = ResetState(group, key, generation)
             removed = self._apply_reset(reset)
+            self._own_resets[(group, key)] = generation
             if self.track_dirty:
+                if not self._pending_resets and self.on_dirty is not None:
+                    self.on_dirty()
                 self._pending_resets.append(reset)
         return removed
 
@@ -359,18 +418,31 @@ class CounterStore:
             del self._buckets[bucket_key]
         return len(doomed)
 
+    def requeue_resets(self, resets: list[ResetState]) -> None:
+        """Resets whose send failed go out with the next round."""
+        if resets:
+            with self._lock:
+                if self.track_dirty:
+                    self._pending_resets[:0] = resets
+
     def take_pending_resets(self) -> list[ResetState]:
         with self._lock:
             pending, self._pending_resets = self._pending_resets, []
             return pending
 
     def reset_states(self) -> list[ResetState]:
-        """Every reset still remembered, for anti-entropy and late joiners."""
+        """Every reset still remembered, for late joiners."""
         with self._lock:
             horizon = time.time_ns() - RESET_TTL * 1_000_000_000
             groups = [ResetState(g, None, gen) for g, gen in self._group_gens.items()]
             keys = [ResetState(g, k, gen) for (g, k), gen in self._key_gens.items()]
             return [r for r in groups + keys if r.generation > horizon]
+
+    def own_resets(self) -> list[ResetState]:
+        """The resets made in this process and still remembered (a peer may have missed one)."""
+        with self._lock:
+            horizon = time.time_ns() - RESET_TTL * 1_000_000_000
+            return [ResetState(g, k, n) for (g, k), n in self._own_resets.items() if n > horizon]
 
     # -- fork ------------------------------------------------------------------
 
@@ -390,6 +462,7 @@ class CounterStore:
         self._pending_resets = []
         self.track_dirty = False
         self.on_hit = None
+        self.on_dirty = None
 
 
 _STORES: weakref.WeakSet[CounterStore] = weakref.WeakSet()

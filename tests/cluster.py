@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
@@ -83,20 +85,20 @@ class RedisServer:
         )
         wait_for(self.ping, 10, "redis-server to answer PING")
 
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=2)
+
     def ping(self) -> bool:
         try:
-            with socket.create_connection((LOOPBACK, self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
+            with self.client() as client:
+                return bool(client.ping())
+        except redis.RedisError:
             return False
 
-    def command(self, *args: str) -> bytes:
-        """Send one inline command and return the raw reply (enough for INFO, FLUSHALL)."""
-        with socket.create_connection((LOOPBACK, self.port), timeout=2) as sock:
-            sock.sendall((" ".join(args) + "\r\n").encode())
-            time.sleep(0.05)
-            return sock.recv(1 << 20)
+    def command(self, *args: str) -> Any:
+        """Run one command through redis-py and return its reply."""
+        with self.client() as client:
+            return client.execute_command(*args)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

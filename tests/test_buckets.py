@@ -181,10 +181,11 @@ def test_a_bucket_emptied_across_an_epoch_boundary_stays_empty(clock: FakeClock)
 
 
 def exchange(stores: list[CounterStore], now: float) -> None:
-    states = [s.live_states(now) for s in stores]
+    """Every node hears every other node's own counts (what sync protocol v2 sends)."""
+    sent = [(s.origin, s.own_entries(now)) for s in stores]
     for store in stores:
-        for other in states:
-            store.merge(other, now)
+        for origin, entries in sent:
+            store.merge(origin, entries, now)
 
 
 def run_three_nodes(sync_every: int) -> tuple[set[float], float]:

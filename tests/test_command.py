@@ -26,13 +26,14 @@ from channels.layers import channel_layers
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from django_dratelimit import client, protocol, registry
+from django_dratelimit import client, registry
 from django_dratelimit.conf import conf
 from django_dratelimit.limiter import Limiter
 from django_dratelimit.management.commands.ratelimit import WIDTH, table
 from django_dratelimit.rates import Rate
-from django_dratelimit.store import BucketState, ResetState
-from django_dratelimit.sync import close_layer
+from django_dratelimit.store import BucketState, Entry, ResetState
+from django_dratelimit.sync import close_layer, protocol
+from django_dratelimit.sync.keys import signing_keys
 from testproject import settings as demo_settings
 from tests.cluster import ROOT, DemoServer, RedisServer, free_port, load, wait_for
 from tests.conftest import layer_config
@@ -61,6 +62,18 @@ def fresh_hour(needed: float = 30.0) -> None:
 
 def bucket_key(group: str, key: str, period: int = HOUR) -> tuple[str, str, int, int]:
     return (group, key, period, int(time.time() // period) * period)
+
+
+def opened(message: Any) -> dict[str, Any]:
+    """The payload of a message the command sent (checked with the site's keys)."""
+    return protocol.open_message(message, signing_keys(), time.time())[1]
+
+
+def sealed(payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload as a node would send it; ``_kind`` and ``_keys`` fake other messages."""
+    fields = {k: v for k, v in payload.items() if not k.startswith("_")}
+    keys = payload.get("_keys") or signing_keys()
+    return protocol.seal(payload.get("_kind", protocol.REPLY), fields, keys)
 
 
 @pytest.fixture(autouse=True)
@@ -229,7 +242,7 @@ def test_a_node_that_lags_shows_as_disagreement(
     converge([first, second], "g", "k", "10/h", 4)
     # A count only `first` knows of, as if the message to `second` were in flight.
     key = bucket_key("g", "k")
-    first.store.merge([BucketState(*key, 0, {"elsewhere": 6})], time.time())
+    first.store.merge("elsewhere", [Entry(*key, 0, 6, 0)], time.time())
     data = run_json("inspect", "--timeout", FAST)
     (row,) = data["buckets"]
     assert (row["total"], row["min"], row["max"]) == (10, 4, 10)
@@ -278,7 +291,7 @@ def test_reset_zeroes_the_key_everywhere_and_old_messages_cannot_bring_it_back(
     key = bucket_key("login", "1.2.3.4")
     assert not any(lim.hit("login", "1.2.3.4", "5/h").allowed for lim in loaded)
     converge(loaded, "login", "1.2.3.4", "5/h", 8)
-    old = loaded[0].store.states([key])  # a sync message still "in flight"
+    old = loaded[0].store.entries([key])  # a sync message still "in flight"
 
     text = run("reset", "login", "1.2.3.4", "--timeout", FAST)
     assert text == "Reset key '1.2.3.4' in group 'login': 3 nodes confirmed, 3 buckets removed.\n"
@@ -289,8 +302,8 @@ def test_reset_zeroes_the_key_everywhere_and_old_messages_cannot_bring_it_back(
     converge(loaded, "login", "1.2.3.4", "5/h", 3)
 
     # The old state, merged directly and sent over the group, is dropped everywhere.
-    loaded[1].store.merge(old, time.time())
-    asyncio.run(send_states([*old, BucketState(*bucket_key("marker", "m"), 0, {"x": 1})]))
+    loaded[1].store.merge(loaded[0].store.origin, old, time.time())
+    asyncio.run(send_states([*old, Entry(*bucket_key("marker", "m"), 0, 1, 0)]))
     converge(loaded, "marker", "m", "5/h", 1)  # the old state arrived before the marker
     assert [lim.get("login", "1.2.3.4", "5/h").count for lim in loaded] == [3, 3, 3]
     # Nor does an anti-entropy round (every 0.5 s here).
@@ -304,10 +317,12 @@ def test_reset_zeroes_the_key_everywhere_and_old_messages_cannot_bring_it_back(
     assert [lim.get("login", "1.2.3.4", "5/h").count for lim in loaded] == [3, 3, 3]
 
 
-async def send_states(states: list[BucketState]) -> None:
+async def send_states(entries: list[Entry]) -> None:
     layer = channel_layers.make_backend("default")
+    payload: dict[str, Any] = {"node": "old-sender", "ch": None, "ts": time.time(), "seq": 1}
+    payload["e"] = protocol.encode_entries(entries)
     try:
-        await layer.group_send(conf.GROUP, protocol.state_message("old-sender", states))
+        await layer.group_send(conf.GROUP, protocol.seal(protocol.STATE, payload, signing_keys()))
     finally:
         await close_layer(layer)
 
@@ -393,9 +408,9 @@ class Responder:
 
     async def _serve(self, layer: Any, channel: str) -> None:
         while True:
-            message = await layer.receive(channel)
-            for reply in self.answer(message):
-                await layer.send(message["reply"], reply)
+            request = opened(await layer.receive(channel))
+            for reply in self.answer(request):
+                await layer.send(request["ch"], sealed(reply))
 
     def __enter__(self) -> Responder:
         self.thread.start()
@@ -424,10 +439,10 @@ def reply(message: dict[str, Any], node: str = "fake-node", **changes: Any) -> d
         "metrics": {"started_at": now - 60, "messages_sent": 3, "last_send_ok": now},
     }
     answer: dict[str, Any] = {
-        "type": protocol.REPLY,
-        "v": protocol.VERSION,
         "node": node,
-        "request": message["request"],
+        "ch": None,
+        "ts": now,
+        "request": message["id"],
         "info": info,
         "buckets": [["g", "k", HOUR, bucket_key("g", "k")[3], 0, {node: 2}]],
         "rates": {"g": [[10, HOUR]]},
@@ -445,13 +460,13 @@ def test_malformed_foreign_and_repeated_replies_are_ignored(core: str) -> None:
     def answer(message: dict[str, Any]) -> list[Any]:
         good = reply(message)
         return [
-            reply(message, v=2),
-            reply(message, node="n2", buckets=[["g", "k", HOUR, 1, 0, {}]]),  # misaligned
+            reply(message, _keys=[b"not the site's secret"]),
+            reply(message, node="n2", buckets=[["g", "k", HOUR, 0, 0, {"n2": -1}]]),
             reply(message, node="n3", info_pid="4242"),
             reply(message, node="n4", rates={"g": [[-1, 60]]}),
             reply(message, node="n5", request="somebody else's"),
             reply(message, node="n6", info_group="another-group"),
-            reply(message, node="n7", type="ratelimit.state"),
+            reply(message, node="n7", _kind=protocol.STATE),
             good,
             good,  # delivered twice
         ]
@@ -544,7 +559,7 @@ class ScriptedLayer:
         step = self.script.pop(0)
         if isinstance(step, BaseException):
             raise step
-        answer: dict[str, Any] = step(self.sent[-1])
+        answer: dict[str, Any] = sealed(step(opened(self.sent[-1])))
         return answer
 
     async def close_pools(self) -> None:
@@ -569,7 +584,8 @@ def test_receive_errors_and_a_silent_broker(core: str, monkeypatch: pytest.Monke
     assert lines[1].split()[-2:] == ["never", "0"]
     assert layer.closed
     assert layer.sent[0]["type"] == protocol.INSPECT
-    assert layer.sent[0]["node"] != layer.sent[0]["request"]  # fresh ids, not a node's
+    request = opened(layer.sent[0])
+    assert request["node"] != request["id"]  # fresh ids, not a node's
 
     use(ScriptedLayer([ConnectionError("connection reset")]))
     with pytest.raises(CommandError, match=r"cannot reach .* \(ConnectionError: connection reset"):

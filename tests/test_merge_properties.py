@@ -1,8 +1,12 @@
-"""Convergence: lost, repeated and reordered sync messages cannot corrupt a total."""
+"""Convergence: lost, repeated and reordered sync messages cannot corrupt a total.
+
+Protocol v2 sends each process's own counts only; these properties show that
+own counts plus one relay of departed origins end in the same totals as
+in-order delivery of everything, whatever was lost, repeated or reordered.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -12,8 +16,10 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from django_dratelimit import protocol
-from django_dratelimit.store import BucketKey, BucketState, CounterStore, ResetState
+from django_dratelimit.store import BucketKey, CounterStore, Entry, ResetState
+from django_dratelimit.sync import protocol
+
+KEYS_ = [b"property-test key"]
 
 PERIOD = 60
 ORIGINS = ("n0", "n1", "n2")
@@ -41,19 +47,26 @@ def totals(store: CounterStore, now: float) -> dict[BucketKey, int]:
     return result
 
 
-def over_the_wire(message: dict[str, Any]) -> dict[str, Any]:
-    """What a channel layer hands over: a serialised copy (tuples become lists)."""
-    return json.loads(json.dumps(message))  # type: ignore[no-any-return]
+def seal(origin: str, kind: str, entries: list[Entry], resets: list[ResetState]) -> Any:
+    payload: dict[str, Any] = {"node": origin, "ch": None, "ts": time.time()}
+    payload["e"] = protocol.encode_entries(entries)
+    payload["r"] = protocol.encode_resets(resets)
+    return protocol.seal(kind, payload, KEYS_)
 
 
-def deliver(store: CounterStore, message: dict[str, Any], now: float) -> None:
-    """Apply a state message as the consumer does: resets first, then the buckets."""
-    message = over_the_wire(message)
-    assert message["type"] == protocol.STATE
-    assert protocol.check_envelope(message) in ORIGINS
-    states, resets = protocol.decode_state(message, now)
-    store.apply_resets(resets)
-    store.merge(states, now)
+def deliver(store: CounterStore, message: Any, now: float) -> None:
+    """Apply a state (or own) message as the handlers do: resets first, then the counts."""
+    kind, payload = protocol.open_message(message, KEYS_, time.time())
+    assert kind in (protocol.STATE, protocol.OWN)
+    assert payload["node"] in ORIGINS
+    store.apply_resets(protocol.decode_resets(payload["r"], now))
+    store.merge(payload["node"], protocol.decode_entries(payload["e"], now), now)
+
+
+def deliver_relay(store: CounterStore, relay: dict[str, list[Entry]], now: float) -> None:
+    wire = protocol.decode_relay(protocol.encode_relay(relay), now)
+    for origin, entries in wire.items():
+        store.merge(origin, entries, now)
 
 
 class Cluster:
@@ -82,13 +95,14 @@ class Cluster:
 
     def send(self, origin: str) -> None:
         store = self.stores[origin]
-        states, resets = store.take_dirty(), store.take_pending_resets()
-        if states or resets:
-            self.messages.append(protocol.state_message(origin, states, resets))
+        entries, resets = store.take_dirty(), store.take_pending_resets()
+        if entries or resets:
+            self.messages.append(seal(origin, protocol.STATE, entries, resets))
 
-    def full_state(self, origin: str) -> dict[str, Any]:
+    def own_counts(self, origin: str) -> Any:
+        """What ``origin`` answers a joiner or a pull with: its own counts and resets."""
         store = self.stores[origin]
-        return protocol.state_message(origin, store.live_states(self.now), store.reset_states())
+        return seal(origin, protocol.OWN, store.own_entries(self.now), store.own_resets())
 
 
 HIT = st.tuples(
@@ -152,9 +166,41 @@ def test_any_delivery_then_a_full_state_equals_in_order_delivery(
     for bucket, total in totals(messy, now).items():
         assert total <= cluster.hits[bucket]
     for origin in ORIGINS:
-        deliver(messy, cluster.full_state(origin), now)
+        deliver(messy, cluster.own_counts(origin), now)
     assert snapshot(messy, now) == snapshot(in_order, now)
     assert totals(messy, now) == totals(in_order, now)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(st.one_of(HIT, HIT, SEND, RESET), max_size=60),
+    data=st.data(),
+)
+def test_a_departed_origin_reaches_a_joiner_through_one_relay(
+    events: list[tuple[Any, ...]], data: st.DataObject
+) -> None:
+    """n2 dies; a joiner that heard only part of it gets the rest from one live peer."""
+    cluster = run(events)
+    now = cluster.now
+    live = ("n0", "n1")
+    for origin in live:  # the live peers heard every message, in order
+        for message in cluster.messages:
+            deliver(cluster.stores[origin], message, now)
+    in_order = CounterStore(origin="receiver")
+    for message in cluster.messages:
+        deliver(in_order, message, now)
+
+    joiner = CounterStore(origin="receiver")
+    for index in scrambled(data, len(cluster.messages)):
+        deliver(joiner, cluster.messages[index], now)
+    for origin in live:
+        deliver(joiner, cluster.own_counts(origin), now)
+    steward = cluster.stores[min(live)]
+    deliver_relay(joiner, steward.relay_entries(now, exclude=live), now)
+    joiner.apply_resets(steward.reset_states())
+    assert totals(joiner, now) == totals(in_order, now)
+    # The relay carried only the departed origin: nobody repeated a live one's counts.
+    assert set(steward.relay_entries(now, exclude=live)) <= {"n2"}
 
 
 @hsettings(max_examples=300, deadline=None)
@@ -173,7 +219,9 @@ def test_resets_converge_under_any_delivery(
     for index in scrambled(data, len(cluster.messages)):
         deliver(messy, cluster.messages[index], now)
     for origin in data.draw(st.permutations(ORIGINS), label="final order"):
-        deliver(messy, cluster.full_state(origin), now)
+        deliver(messy, cluster.own_counts(origin), now)
+    # Resets made by a process travel with its own counts; the joiner's relay brings
+    # the rest (here every process answers, so own resets are all there are).
     assert snapshot(messy, now) == snapshot(in_order, now)
     assert totals(messy, now) == totals(in_order, now)
     # Both know the same reset for every key (a merge may record a group's reset per key).
@@ -201,97 +249,83 @@ def test_every_process_converges_to_the_same_totals(events: list[tuple[Any, ...]
 NOW = 1_700_000_010.0
 START = int(NOW // PERIOD) * PERIOD
 
-STATES = st.builds(
-    BucketState,
-    group=st.sampled_from(GROUPS),
-    key=st.sampled_from(KEYS),
-    period=st.just(PERIOD),
-    window_start=st.sampled_from([START, START - PERIOD]),
-    generation=st.sampled_from([0, 100, 200]),
-    counts=st.dictionaries(st.sampled_from(("x", "y", "z", "me")), st.integers(0, 50), max_size=4),
+ENTRIES = st.tuples(
+    st.sampled_from(("x", "y", "z", "me")),
+    st.builds(
+        Entry,
+        group=st.sampled_from(GROUPS),
+        key=st.sampled_from(KEYS),
+        period=st.just(PERIOD),
+        window_start=st.sampled_from([START, START - PERIOD]),
+        generation=st.sampled_from([0, 100, 200]),
+        amount=st.integers(0, 50),
+        register=st.sampled_from([0, 0, 7, 9000]),
+    ),
 )
-STATE_LISTS = st.lists(STATES, max_size=12)
+BATCHES = st.lists(ENTRIES, max_size=12)
+Batch = list[tuple[str, Entry]]
 
 
-def merged(*batches: list[BucketState]) -> Snapshot:
+def merged(*batches: Batch) -> Snapshot:
     store = CounterStore(origin="me")
     for batch in batches:
-        store.merge(batch, NOW)
+        for origin, entry in batch:
+            store.merge(origin, [entry], NOW)
     totals(store, NOW)  # the running totals agree with the counts
     return snapshot(store, NOW)
 
 
-@given(states=STATE_LISTS)
-def test_merge_is_idempotent(states: list[BucketState]) -> None:
-    once = merged(states)
-    assert merged(states, states) == once
-    assert merged(states + states) == once
-    assert merged(states, list(reversed(states)), states) == once
+@given(batch=BATCHES)
+def test_merge_is_idempotent(batch: Batch) -> None:
+    once = merged(batch)
+    assert merged(batch, batch) == once
+    assert merged(batch + batch) == once
+    assert merged(batch, list(reversed(batch)), batch) == once
 
 
-@given(a=STATE_LISTS, b=STATE_LISTS)
-def test_merge_is_commutative(a: list[BucketState], b: list[BucketState]) -> None:
+@given(a=BATCHES, b=BATCHES)
+def test_merge_is_commutative(a: Batch, b: Batch) -> None:
     assert merged(a, b) == merged(b, a)
 
 
-@given(states=STATE_LISTS, data=st.data())
-def test_merge_ignores_order_within_a_message(
-    states: list[BucketState], data: st.DataObject
-) -> None:
-    assert merged(data.draw(st.permutations(states))) == merged(states)
+@given(batch=BATCHES, data=st.data())
+def test_merge_ignores_order_within_a_message(batch: Batch, data: st.DataObject) -> None:
+    assert merged(data.draw(st.permutations(batch))) == merged(batch)
 
 
-@given(a=STATE_LISTS, b=STATE_LISTS, c=STATE_LISTS)
-def test_merge_is_associative(
-    a: list[BucketState], b: list[BucketState], c: list[BucketState]
-) -> None:
+@given(a=BATCHES, b=BATCHES, c=BATCHES)
+def test_merge_is_associative(a: Batch, b: Batch, c: Batch) -> None:
     assert merged(a, b, c) == merged(a + b, c) == merged(a, b + c)
 
 
-@given(states=STATE_LISTS)
-def test_merged_counts_are_the_max_per_origin_of_the_newest_generation(
-    states: list[BucketState],
-) -> None:
-    result = merged(states)
+@given(batch=BATCHES)
+def test_merged_counts_are_the_max_per_origin_of_the_newest_generation(batch: Batch) -> None:
+    result = merged(batch)
     newest: dict[tuple[str, str], int] = {}
-    for s in states:
-        newest[s.group, s.key] = max(newest.get((s.group, s.key), 0), s.generation)
+    for _, e in batch:
+        newest[e.group, e.key] = max(newest.get((e.group, e.key), 0), e.generation)
     expected: dict[BucketKey, tuple[int, dict[str, int]]] = {}
-    for s in states:
-        if s.generation < newest[s.group, s.key]:
+    for origin, e in batch:
+        if e.generation < newest[e.group, e.key]:
             continue
-        bucket = (s.group, s.key, s.period, s.window_start)
-        _, counts = expected.setdefault(bucket, (s.generation, {}))
-        for origin, count in s.counts.items():
-            # Our own origin too: a peer can only hold a higher count for it if
-            # this process lost its bucket (evicted), and then it is adopted.
-            if count:
-                counts[origin] = max(counts.get(origin, 0), count)
+        bucket = (e.group, e.key, e.period, e.window_start)
+        _, counts = expected.setdefault(bucket, (e.generation, {}))
+        # Our own origin too: a peer can only hold a higher count for it if
+        # this process lost its bucket (evicted), and then it is adopted.
+        if e.amount:
+            counts[origin] = max(counts.get(origin, 0), e.amount)
+        if e.register:
+            counts["~max"] = max(counts.get("~max", 0), e.register)
     assert result == expected
 
 
-@given(
-    states=STATE_LISTS,
-    resets=st.lists(
-        st.builds(
-            ResetState,
-            st.sampled_from(GROUPS),
-            st.one_of(st.none(), st.sampled_from(KEYS)),
-            st.sampled_from([1, 100, 150, 200]),
-        )
-    ),
-)
-def test_state_messages_round_trip(states: list[BucketState], resets: list[ResetState]) -> None:
-    message = over_the_wire(protocol.state_message("n0", states, resets))
-    assert protocol.check_envelope(message) == "n0"
-    assert protocol.decode_state(message, NOW) == (states, resets)
-
-
-@given(states=STATE_LISTS)
-def test_a_message_split_into_chunks_merges_like_the_whole(states: list[BucketState]) -> None:
-    whole = merged(states)
+@given(batch=BATCHES)
+def test_a_message_split_into_chunks_merges_like_the_whole(batch: Batch) -> None:
+    whole = merged(batch)
     store = CounterStore(origin="me")
-    for chunk in protocol.chunks(states, 3):
-        store.merge(protocol.decode_buckets(protocol.encode_buckets(chunk), NOW), NOW)
+    for chunk in protocol.chunks(batch, 3):
+        for origin, e in chunk:
+            wire = protocol.decode_entries(protocol.encode_entries([e]), NOW)
+            store.merge(origin, wire, NOW)
     assert snapshot(store, NOW) == whole
-    assert math.ceil(len(states) / 3) == len(list(protocol.chunks(states, 3)))
+    assert max(1, math.ceil(len(batch) / 3)) == len(list(protocol.chunks(batch, 3)))

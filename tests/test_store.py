@@ -13,6 +13,7 @@ from django_dratelimit.store import (
     BucketKey,
     BucketState,
     CounterStore,
+    Entry,
     ResetState,
 )
 
@@ -34,6 +35,28 @@ def state(
     generation: int = 0,
 ) -> BucketState:
     return BucketState(group, key, period, start, generation, counts)
+
+
+def entry(amount: int, key: str = "k", start: int = S, generation: int = 0) -> Entry:
+    """This process's own count of a bucket, as ``take_dirty`` hands it to the sync."""
+    return Entry("g", key, PERIOD, start, generation, amount, 0)
+
+
+def merge(store: CounterStore, states: list[BucketState], now: float) -> int:
+    """Merge buckets as peers would send them (each origin its own); how many buckets grew."""
+    grew = set()
+    for s in states:
+        for origin, amount in s.counts.items():
+            bucket = Entry(s.group, s.key, s.period, s.window_start, s.generation, amount, 0)
+            if store.merge(origin, [bucket], now):
+                grew.add(bucket[:4])
+    return len(grew)
+
+
+def states(store: CounterStore, bucket_keys: list[BucketKey]) -> list[BucketState]:
+    """The buckets with every origin's count, in the order asked for."""
+    live = {s[:4]: s for s in store.live_states(NOW)}
+    return [live[k] for k in bucket_keys if k in live]
 
 
 @pytest.fixture
@@ -95,60 +118,58 @@ def test_on_hit_is_called_with_the_bucket_key(store: CounterStore) -> None:
 
 def test_merge_adds_other_origins(store: CounterStore) -> None:
     store.add(bk(), 2, NOW)
-    assert store.merge([state({"A": 3, "B": 4})], NOW) == 1
+    assert merge(store, [state({"A": 3, "B": 4})], NOW) == 1
     assert store.total(bk()) == 9
-    assert store.states([bk()]) == [state({"me": 2, "A": 3, "B": 4})]
+    assert states(store, [bk()]) == [state({"me": 2, "A": 3, "B": 4})]
 
 
 def test_merge_keeps_the_max_per_origin(store: CounterStore) -> None:
-    store.merge([state({"A": 5})], NOW)
-    assert store.merge([state({"A": 3})], NOW) == 0  # older news: ignored
+    merge(store, [state({"A": 5})], NOW)
+    assert merge(store, [state({"A": 3})], NOW) == 0  # older news: ignored
     assert store.total(bk()) == 5
-    assert store.merge([state({"A": 5})], NOW) == 0  # a duplicate: ignored
+    assert merge(store, [state({"A": 5})], NOW) == 0  # a duplicate: ignored
     assert store.total(bk()) == 5
-    assert store.merge([state({"A": 8})], NOW) == 1
+    assert merge(store, [state({"A": 8})], NOW) == 1
     assert store.total(bk()) == 8
-    assert store.merge([state({"A": 2, "B": 1})], NOW) == 1  # B grew, A did not
+    assert merge(store, [state({"A": 2, "B": 1})], NOW) == 1  # B grew, A did not
     assert store.total(bk()) == 9
 
 
 def test_merge_of_the_own_origin_only_ever_raises_it(store: CounterStore) -> None:
     store.add(bk(), 2, NOW)
     # An echo of our own message, or a relay of an old count, changes nothing.
-    assert store.merge([state({"me": 1})], NOW) == 0
-    assert store.merge([state({"me": 2})], NOW) == 0
+    assert merge(store, [state({"me": 1})], NOW) == 0
+    assert merge(store, [state({"me": 2})], NOW) == 0
     assert store.total(bk()) == 2
     # A higher count means this process lost the bucket (evicted): take it back.
-    assert store.merge([state({"me": 100})], NOW) == 1
+    assert merge(store, [state({"me": 100})], NOW) == 1
     assert store.total(bk()) == 100
-    assert store.states([bk()])[0].counts == {"me": 100}
+    assert states(store, [bk()])[0].counts == {"me": 100}
 
 
 def test_merge_counts_changed_buckets(store: CounterStore) -> None:
-    changed = store.merge(
-        [state({"A": 1}, key="a"), state({"A": 1}, key="b"), state({"A": 1}, key="a")], NOW
-    )
+    changed = store.merge("A", [entry(1, key="a"), entry(1, key="b"), entry(1, key="a")], NOW)
     assert changed == 2
     assert store.total(bk("a")) == store.total(bk("b")) == 1
 
 
 def test_merge_lands_in_the_window_it_was_counted_in(store: CounterStore) -> None:
-    store.merge([state({"A": 4}, start=S - PERIOD)], NOW)
+    merge(store, [state({"A": 4}, start=S - PERIOD)], NOW)
     assert store.total(bk(start=S - PERIOD)) == 4
     assert store.total(bk()) == 0
 
 
 def test_merge_drops_expired_windows(store: CounterStore) -> None:
     # A bucket lives two periods (the sliding window still reads the previous one).
-    assert store.merge([state({"A": 4}, start=S - 2 * PERIOD)], NOW) == 0
+    assert merge(store, [state({"A": 4}, start=S - 2 * PERIOD)], NOW) == 0
     assert store.total(bk(start=S - 2 * PERIOD)) == 0
     assert len(store) == 0
-    assert store.merge([state({"A": 4}, start=S - PERIOD)], S + PERIOD - 0.001) == 1
+    assert merge(store, [state({"A": 4}, start=S - PERIOD)], S + PERIOD - 0.001) == 1
 
 
 def test_merge_does_not_mark_dirty(store: CounterStore) -> None:
     store.track_dirty = True
-    store.merge([state({"A": 4})], NOW)
+    merge(store, [state({"A": 4})], NOW)
     assert store.take_dirty() == []
 
 
@@ -276,7 +297,7 @@ def test_eviction_by_merge_and_dirty_cleanup() -> None:
     store = CounterStore(max_keys=2, origin="me")
     store.track_dirty = True
     store.add(bk("a"), 1, NOW)
-    store.merge([state({"A": 1}, key="b"), state({"A": 1}, key="c")], NOW)
+    merge(store, [state({"A": 1}, key="b"), state({"A": 1}, key="c")], NOW)
     assert len(store) == 2
     assert store.total(bk("a")) == 0
     assert store.take_dirty() == []  # the evicted bucket is not sent
@@ -303,15 +324,16 @@ def test_nothing_is_dirty_unless_tracked(store: CounterStore) -> None:
 
 def test_take_dirty_returns_absolute_counts_once(store: CounterStore) -> None:
     store.track_dirty = True
-    store.merge([state({"A": 3}, key="a")], NOW)
+    merge(store, [state({"A": 3}, key="a")], NOW)
     store.add(bk("a"), 1, NOW)
     store.add(bk("a"), 1, NOW)
     store.add(bk("b"), 4, NOW)
     dirty = sorted(store.take_dirty())
-    assert dirty == [state({"A": 3, "me": 2}, key="a"), state({"me": 4}, key="b")]
+    # Only this process's own counts: peers send theirs themselves (protocol v2).
+    assert dirty == [entry(2, key="a"), entry(4, key="b")]
     assert store.take_dirty() == []
     store.add(bk("a"), 1, NOW)
-    assert store.take_dirty() == [state({"A": 3, "me": 3}, key="a")]
+    assert store.take_dirty() == [entry(3, key="a")]
 
 
 def test_mark_dirty_puts_keys_back(store: CounterStore) -> None:
@@ -331,7 +353,7 @@ def test_a_bucket_is_queued_once_however_many_hits() -> None:
     for _ in range(100):
         store.add(bk("a"), 1, NOW)
     assert store._dirty == [bk("a")]
-    assert store.take_dirty() == [state({"me": 100}, key="a")]
+    assert store.take_dirty() == [entry(100, key="a")]
 
 
 def test_a_bucket_reset_and_counted_again_is_sent_once() -> None:
@@ -341,7 +363,7 @@ def test_a_bucket_reset_and_counted_again_is_sent_once() -> None:
     store.reset("g", "a")
     store.add(bk("a"), 2, NOW)  # a new bucket: queued again
     generation = store._generation("g", "a")
-    assert store.take_dirty() == [state({"me": 2}, key="a", generation=generation)]
+    assert store.take_dirty() == [entry(2, key="a", generation=generation)]
 
 
 def test_the_queue_stays_bounded_when_nobody_drains_it() -> None:
@@ -369,7 +391,7 @@ def test_stop_tracking_forgets_the_queue() -> None:
     assert store.take_pending_resets() == []
     store.track_dirty = True  # a new sync thread later: the bucket is queued afresh
     store.add(bk("a"), 1, NOW)
-    assert store.take_dirty() == [state({"me": 2}, key="a")]
+    assert store.take_dirty() == [entry(2, key="a")]
 
 
 def test_mark_dirty_does_not_queue_twice(store: CounterStore) -> None:
@@ -381,22 +403,27 @@ def test_mark_dirty_does_not_queue_twice(store: CounterStore) -> None:
 
 def test_states(store: CounterStore) -> None:
     store.add(bk("a"), 2, NOW)
-    store.merge([state({"A": 1}, key="b")], NOW)
-    assert store.states([bk("a"), bk("b"), bk("missing")]) == [
+    merge(store, [state({"A": 1}, key="b")], NOW)
+    assert states(store, [bk("a"), bk("b"), bk("missing")]) == [
         state({"me": 2}, key="a"),
         state({"A": 1}, key="b"),
     ]
-    assert store.states([]) == []
+    assert states(store, []) == []
 
 
-def test_live_states_all_or_own_only(store: CounterStore) -> None:
+def test_live_states_own_entries_and_relays(store: CounterStore) -> None:
     store.add(bk("mine"), 2, NOW)
-    store.merge([state({"A": 1}, key="theirs")], NOW)
-    store.merge([state({"A": 1}, key="both")], NOW)
+    merge(store, [state({"A": 1}, key="theirs")], NOW)
+    merge(store, [state({"A": 1, "B": 4}, key="both")], NOW)
     store.add(bk("both"), 1, NOW)
     assert {s.key for s in store.live_states(NOW)} == {"mine", "theirs", "both"}
-    own = sorted(store.live_states(NOW, own_only=True))
-    assert own == [state({"A": 1, "me": 1}, key="both"), state({"me": 2}, key="mine")]
+    assert sorted(store.own_entries(NOW)) == [entry(1, key="both"), entry(2, key="mine")]
+    relay = store.relay_entries(NOW, exclude=["B"])
+    assert {o: sorted(e) for o, e in relay.items()} == {
+        "A": [entry(1, key="both"), entry(1, key="theirs")]
+    }
+    assert store.origins(NOW) == {"me", "A", "B"}
+    assert store.own_entries(S + 2 * PERIOD) == []  # windows that ended are not sent
 
 
 # -- resets and generations -------------------------------------------------------------------
@@ -411,8 +438,8 @@ def test_reset_a_key(store: CounterStore) -> None:
     assert store.total(bk("a", start=S - PERIOD)) == 0
     assert store.total(bk("b")) == 3
     assert store.add(bk("a"), 1, NOW) == 1
-    assert store.states([bk("a")]) == [state({"me": 1}, key="a", generation=100)]
-    assert store.states([bk("b")])[0].generation == 0
+    assert states(store, [bk("a")]) == [state({"me": 1}, key="a", generation=100)]
+    assert states(store, [bk("b")])[0].generation == 0
 
 
 def test_reset_a_group(store: CounterStore) -> None:
@@ -423,7 +450,7 @@ def test_reset_a_group(store: CounterStore) -> None:
     assert store.total(bk("a")) == store.total(bk("b")) == 0
     assert store.total(bk("a", group="h")) == 3
     store.add(bk("c"), 1, NOW)
-    assert store.states([bk("c")])[0].generation == 100
+    assert states(store, [bk("c")])[0].generation == 100
 
 
 def test_reset_without_generation_uses_the_wall_clock(store: CounterStore) -> None:
@@ -431,43 +458,43 @@ def test_reset_without_generation_uses_the_wall_clock(store: CounterStore) -> No
     store.add(bk(), 1, NOW)
     assert store.reset("g", "k") == 1
     store.add(bk(), 1, NOW)
-    generation = store.states([bk()])[0].generation
+    generation = states(store, [bk()])[0].generation
     assert before <= generation <= time.time_ns()
 
 
 def test_a_merge_from_an_older_generation_is_dropped(store: CounterStore) -> None:
     store.reset("g", "k", generation=100)
-    assert store.merge([state({"A": 7}, generation=50)], NOW) == 0
-    assert store.merge([state({"A": 7}, generation=0)], NOW) == 0
+    assert merge(store, [state({"A": 7}, generation=50)], NOW) == 0
+    assert merge(store, [state({"A": 7}, generation=0)], NOW) == 0
     assert store.total(bk()) == 0
     assert len(store) == 0
-    assert store.merge([state({"A": 7}, generation=100)], NOW) == 1
+    assert merge(store, [state({"A": 7}, generation=100)], NOW) == 1
     assert store.total(bk()) == 7
 
 
 def test_a_merge_from_an_older_group_generation_is_dropped(store: CounterStore) -> None:
     store.reset("g", generation=100)
-    assert store.merge([state({"A": 7}, key="any", generation=99)], NOW) == 0
+    assert merge(store, [state({"A": 7}, key="any", generation=99)], NOW) == 0
     assert store.total(bk("any")) == 0
 
 
 def test_a_merge_from_a_newer_generation_adopts_it(store: CounterStore) -> None:
     store.add(bk(), 5, NOW)
     store.add(bk(start=S - PERIOD), 5, NOW)
-    store.merge([state({"A": 9})], NOW)
+    merge(store, [state({"A": 9})], NOW)
     store.add(bk("other"), 1, NOW)
     # Another process reset the key and has counted 2 hits since.
-    assert store.merge([state({"B": 2}, generation=200)], NOW) == 1
+    assert merge(store, [state({"B": 2}, generation=200)], NOW) == 1
     assert store.total(bk()) == 2  # our 5 and A's 9 were before the reset
     assert store.total(bk(start=S - PERIOD)) == 0
     assert store.total(bk("other")) == 1
-    assert store.states([bk()]) == [state({"B": 2}, generation=200)]
+    assert states(store, [bk()]) == [state({"B": 2}, generation=200)]
     # The adopted generation now rules: older counts cannot come back.
-    assert store.merge([state({"A": 9})], NOW) == 0
+    assert merge(store, [state({"A": 9})], NOW) == 0
     assert store.total(bk()) == 2
     # New local hits carry it.
     store.add(bk(), 1, NOW)
-    assert store.states([bk()]) == [state({"B": 2, "me": 1}, generation=200)]
+    assert states(store, [bk()]) == [state({"B": 2, "me": 1}, generation=200)]
 
 
 def test_apply_resets_is_idempotent(store: CounterStore) -> None:
@@ -483,8 +510,8 @@ def test_apply_resets_is_idempotent(store: CounterStore) -> None:
     # An older reset arriving late changes nothing either.
     assert store.apply_resets([ResetState("g", "a", 10), ResetState("g", None, 10)]) == 0
     assert store.total(bk("a")) == 1
-    assert store.states([bk("a")])[0].generation == 100
-    assert store.states([bk("b")])[0].generation == 50
+    assert states(store, [bk("a")])[0].generation == 100
+    assert states(store, [bk("b")])[0].generation == 50
 
 
 def test_a_key_reset_older_than_the_group_reset_does_nothing(store: CounterStore) -> None:
@@ -529,7 +556,7 @@ def test_a_local_reset_wins_after_adopting_a_generation_from_a_clock_ahead(
     # A peer whose clock runs 30 s ahead (the protocol accepts up to 60 s) reset the key;
     # this process adopted that generation with the peer's hits.
     ahead = time.time_ns() + 30 * 10**9
-    store.merge([state({"B": 1}, generation=ahead)], NOW)
+    merge(store, [state({"B": 1}, generation=ahead)], NOW)
     store.add(bk(), 4, NOW)
     assert store.total(bk()) == 5
     # An operator now resets the key here: it must take effect.
@@ -545,7 +572,7 @@ def test_after_fork_the_parents_hits_move_under_its_old_origin(store: CounterSto
     store.on_hit = lambda key: None
     store.add(bk("a"), 3, NOW)
     store.add(bk("b"), 1, NOW)
-    store.merge([state({"A": 2}, key="a"), state({"A": 5}, key="c")], NOW)
+    merge(store, [state({"A": 2}, key="a"), state({"A": 5}, key="c")], NOW)
     store.reset("g", "z", generation=1)
     parent = store.origin
     before = {s.key: s.total for s in store.live_states(NOW)}
@@ -560,7 +587,7 @@ def test_after_fork_the_parents_hits_move_under_its_old_origin(store: CounterSto
         state({parent: 1}, key="b"),
         state({"A": 5}, key="c"),
     ]
-    assert store.live_states(NOW, own_only=True) == []
+    assert store.own_entries(NOW) == []
     assert store.take_dirty() == []
     assert store.take_pending_resets() == []
     assert store.track_dirty is False
@@ -568,9 +595,9 @@ def test_after_fork_the_parents_hits_move_under_its_old_origin(store: CounterSto
     # The child counts under its own origin from now on.
     store.track_dirty = True
     assert store.add(bk("a"), 1, NOW) == 6
-    assert store.take_dirty() == [state({"A": 2, parent: 3, store.origin: 1}, key="a")]
+    assert store.take_dirty() == [entry(1, key="a")]
     # And the parent's later, higher counts merge in as any other origin's.
-    store.merge([state({parent: 10}, key="a")], NOW)
+    merge(store, [state({parent: 10}, key="a")], NOW)
     assert store.total(bk("a")) == 13
 
 
@@ -600,7 +627,7 @@ def test_concurrent_adds_are_exact() -> None:
     for thread in threads:
         thread.join()
     assert store.total(bk()) == threads_count * hits
-    assert store.take_dirty() == [state({"me": threads_count * hits})]
+    assert store.take_dirty() == [entry(threads_count * hits)]
 
 
 def test_concurrent_adds_and_merges_are_exact() -> None:
@@ -616,7 +643,7 @@ def test_concurrent_adds_and_merges_are_exact() -> None:
     def merger(origin: str) -> None:
         barrier.wait()
         for count in range(1, rounds + 1):
-            store.merge([state({origin: count})], NOW)
+            merge(store, [state({origin: count})], NOW)
 
     threads = [
         threading.Thread(target=adder),
@@ -629,4 +656,4 @@ def test_concurrent_adds_and_merges_are_exact() -> None:
     for thread in threads:
         thread.join()
     assert store.total(bk()) == 4 * rounds
-    assert store.states([bk()]) == [state({"me": 2 * rounds, "A": rounds, "B": rounds})]
+    assert states(store, [bk()]) == [state({"me": 2 * rounds, "A": rounds, "B": rounds})]

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from django_dratelimit import protocol
-from django_dratelimit.store import BucketState, CounterStore
-from django_dratelimit.sync import SyncNode
+from django_dratelimit.store import CounterStore, Entry
+from django_dratelimit.sync import SyncNode, protocol
+from django_dratelimit.sync.node import TEST_KEYS
 
 GROUP = "dratelimit"
 PERIOD = 60
@@ -27,11 +27,13 @@ class FlakyLayer:
         self.dropping = False
         self.failing = False
         self.group_sends = 0
+        self.sent_types: list[str] = []
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         if self.failing:
             raise ConnectionError("broker down")
         self.group_sends += 1
+        self.sent_types.append(message["type"])
         if not self.dropping:
             await self.inner.group_send(group, message)
 
@@ -45,13 +47,16 @@ class Cluster:
         self.nodes: list[SyncNode] = []
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def add(self, layer: Any = None, **options: Any) -> SyncNode:
+    async def add(self, layer: Any = None, wait_caught_up: bool = True, **options: Any) -> SyncNode:
         options.setdefault("interval", 0.005)
         options.setdefault("anti_entropy", 3600.0)
-        node = SyncNode(CounterStore(), layer or self.layer, group=GROUP, **options)
+        options.setdefault("groups", [GROUP])
+        node = SyncNode(CounterStore(), layer or self.layer, **options)
         self.nodes.append(node)
         self.tasks.append(asyncio.ensure_future(node.run()))
         await asyncio.wait_for(node.joined.wait(), 2)
+        if wait_caught_up and len(self.nodes) > 1:  # alone, nobody answers: not caught up
+            await eventually(node.caught_up.is_set)
         return node
 
     async def stop(self) -> None:
@@ -85,6 +90,16 @@ def totals(nodes: list[SyncNode], key: tuple[str, str, int, int]) -> list[int]:
     return [node.store.total(key) for node in nodes]
 
 
+def sealed(kind: str, keys: tuple[bytes, ...] = TEST_KEYS, **fields: Any) -> dict[str, Any]:
+    """A message as a peer (or an attacker, with other keys) would put it on the layer."""
+    payload = {"node": "peer", "ch": None, "ts": time.time(), **fields}
+    return protocol.seal(kind, payload, keys)
+
+
+def entry(key: tuple[str, str, int, int], amount: int) -> list[Any]:
+    return list(Entry(*key, 0, amount, 0))
+
+
 async def test_three_nodes_converge_on_the_exact_total(cluster: Cluster) -> None:
     nodes = [await cluster.add() for _ in range(3)]
     key = bucket()
@@ -94,8 +109,30 @@ async def test_three_nodes_converge_on_the_exact_total(cluster: Cluster) -> None
         if round_ % 10 == 0:
             await asyncio.sleep(0)
     await eventually(lambda: totals(nodes, key) == [300, 300, 300])
-    assert all(node.metrics.malformed == 0 for node in nodes)
+    assert all(node.metrics.dropped == 0 for node in nodes)
     assert all(node.metrics.own_messages > 0 for node in nodes)  # a node hears itself, ignores
+
+
+async def test_a_state_message_carries_only_the_senders_own_counts(cluster: Cluster) -> None:
+    flaky = FlakyLayer(cluster.layer)
+    nodes = [await cluster.add(), await cluster.add(), await cluster.add(layer=flaky)]
+    key = bucket()
+    for node in nodes[:2]:
+        node.store.add(key, 5, time.time())
+    await eventually(lambda: nodes[2].store.total(key) == 10)
+    sent: list[dict[str, Any]] = []
+    original = flaky.inner.group_send
+
+    async def spy(group: str, message: dict[str, Any]) -> None:
+        sent.append(message)
+        await original(group, message)
+
+    flaky.inner = type("Spy", (), {"group_send": staticmethod(spy)})()
+    nodes[2].store.add(key, 1, time.time())
+    await eventually(lambda: totals(nodes, key) == [11, 11, 11])
+    states = [protocol.open_message(m, TEST_KEYS, time.time())[1] for m in sent]
+    entries = [e for p in states if "e" in p for e in p["e"]]
+    assert entries == [[*key, 0, 1, 0]]  # one entry: its own count, not the peers' 5 and 5
 
 
 async def test_batching_sends_far_fewer_messages_than_hits(cluster: Cluster) -> None:
@@ -103,13 +140,13 @@ async def test_batching_sends_far_fewer_messages_than_hits(cluster: Cluster) -> 
     sender = await cluster.add(layer=flaky, interval=0.05)
     receiver = await cluster.add()
     key = bucket()
-    start = flaky.group_sends
+    start = flaky.sent_types.count(protocol.STATE)
     for _ in range(20):
         for _ in range(50):
             sender.store.add(key, 1, time.time())
         await asyncio.sleep(0.01)
     await eventually(lambda: receiver.store.total(key) == 1000)
-    assert flaky.group_sends - start <= 10  # 1,000 hits, one message per 50 ms round
+    assert flaky.sent_types.count(protocol.STATE) - start <= 10  # 1,000 hits, 50 ms rounds
 
 
 async def test_interval_zero_sends_one_message_per_hit(cluster: Cluster) -> None:
@@ -117,35 +154,90 @@ async def test_interval_zero_sends_one_message_per_hit(cluster: Cluster) -> None
     sender = await cluster.add(layer=flaky, interval=0)
     receiver = await cluster.add()
     key = bucket()
-    start = flaky.group_sends
+    start = flaky.sent_types.count(protocol.STATE)
     for _ in range(40):
         sender.store.add(key, 1, time.time())
     await eventually(lambda: receiver.store.total(key) == 40)
-    await eventually(lambda: flaky.group_sends - start >= 40)
+    await eventually(lambda: flaky.sent_types.count(protocol.STATE) - start >= 40)
 
 
-async def test_late_joiner_catches_up_through_sync_request(cluster: Cluster) -> None:
+async def test_an_idle_node_sends_nothing_but_heartbeats(cluster: Cluster) -> None:
+    flaky = FlakyLayer(cluster.layer)
+    node = await cluster.add(layer=flaky, anti_entropy=0.1)
+    node.store.add(bucket(), 1, time.time())
+    await eventually(lambda: protocol.STATE in flaky.sent_types)
+    flaky.sent_types.clear()
+    await asyncio.sleep(0.35)
+    # About three heartbeats in 0.35 s, and no state message: nothing changed.
+    assert set(flaky.sent_types) == {protocol.HEARTBEAT}
+    assert 2 <= len(flaky.sent_types) <= 5
+
+
+async def test_late_joiner_gets_each_origin_once(cluster: Cluster) -> None:
     first, second = await cluster.add(), await cluster.add()
     key = bucket()
     first.store.add(key, 7, time.time())
     second.store.add(key, 5, time.time())
     await eventually(lambda: totals([first, second], key) == [12, 12])
+    answers_before = first.metrics.answers_sent + second.metrics.answers_sent
     late = await cluster.add()
-    await eventually(lambda: late.store.total(key) == 12)
-    assert late.first_peer.is_set()
+    assert late.store.total(key) == 12
+    assert late.caught_up.is_set()
+    # Each peer answered once with its own counts only: two entries in all, and the
+    # relay that followed had nothing to add (both origins answered themselves).
+    assert first.metrics.answers_sent + second.metrics.answers_sent == answers_before + 2
+    assert late.metrics.buckets_received == 2
 
 
-async def test_anti_entropy_heals_dropped_messages(cluster: Cluster) -> None:
+async def test_a_departed_origin_reaches_a_joiner_through_one_relay(cluster: Cluster) -> None:
+    first, second, third = await cluster.add(), await cluster.add(), await cluster.add()
+    key = bucket()
+    third.store.add(key, 9, time.time())
+    first.store.add(key, 1, time.time())
+    await eventually(lambda: totals([first, second], key) == [10, 10])
+    # The third process dies without a word: its counts live on in the others.
+    index = cluster.nodes.index(third)
+    cluster.tasks[index].cancel()
+    await asyncio.gather(cluster.tasks[index], return_exceptions=True)
+    before = {n: n.metrics.relays_sent for n in (first, second)}
+    late = await cluster.add()
+    assert late.store.total(key) == 10
+    relayed = {n: n.metrics.relays_sent - before[n] for n in (first, second)}
+    # One peer (the lowest id of those that answered) relayed the departed origin, not both.
+    steward = min(first, second, key=lambda n: n.store.origin)
+    assert relayed[steward] == 1
+    assert sum(relayed.values()) == 1
+
+
+async def test_a_missed_message_is_found_by_its_number_and_pulled(cluster: Cluster) -> None:
     flaky = FlakyLayer(cluster.layer)
-    sender = await cluster.add(layer=flaky, anti_entropy=0.2)
+    sender = await cluster.add(layer=flaky)
     receiver = await cluster.add()
     key = bucket()
     flaky.dropping = True
     sender.store.add(key, 9, time.time())
-    await asyncio.sleep(0.05)
-    assert receiver.store.total(key) == 0  # the update was lost on the way
+    await eventually(lambda: protocol.STATE in flaky.sent_types)
     flaky.dropping = False
+    other = ("g", "other", PERIOD, key[3])
+    sender.store.add(other, 1, time.time())  # the next message shows the gap
     await eventually(lambda: receiver.store.total(key) == 9)
+    assert receiver.metrics.gaps == 1
+    assert receiver.metrics.pulls_sent == 1
+    assert sender.metrics.answers_sent >= 1
+
+
+async def test_a_heartbeat_finds_a_loss_at_the_end_of_a_burst(cluster: Cluster) -> None:
+    flaky = FlakyLayer(cluster.layer)
+    sender = await cluster.add(layer=flaky, anti_entropy=0.1)
+    receiver = await cluster.add(anti_entropy=0.1)
+    key = bucket()
+    flaky.dropping = True
+    sender.store.add(key, 4, time.time())
+    await eventually(lambda: protocol.STATE in flaky.sent_types)
+    await asyncio.sleep(0.02)
+    flaky.dropping = False  # nothing else is hit: only the heartbeat can tell
+    await eventually(lambda: receiver.store.total(key) == 4)
+    assert receiver.metrics.gaps >= 1
 
 
 async def test_broker_outage_keeps_counting_and_resends_on_recovery(
@@ -174,52 +266,47 @@ async def test_reset_wins_over_max_merge(cluster: Cluster) -> None:
     key = bucket()
     first.store.add(key, 10, time.time())
     await eventually(lambda: second.store.total(key) == 10)
-    old = first.store.states([key])  # an old message, still "in flight"
+    old = first.store.entries([key])  # an old message, still "in flight"
     first.store.reset("g", "k")
     await eventually(lambda: second.store.total(key) == 0)
-    second.store.merge(old, time.time())  # the late old message must not bring it back
+    second.store.merge(first.store.origin, old, time.time())  # must not bring it back
     assert second.store.total(key) == 0
     second.store.add(key, 1, time.time())
     await eventually(lambda: first.store.total(key) == 1)
 
 
-async def test_malformed_and_foreign_messages_are_dropped_and_counted(cluster: Cluster) -> None:
-    node = await cluster.add()
+async def test_a_joiner_learns_the_resets_and_ignores_counts_from_before_them(
+    cluster: Cluster,
+) -> None:
+    first, second = await cluster.add(), await cluster.add()
     key = bucket()
-    bad: list[dict[str, Any]] = [
-        {"type": protocol.STATE, "v": 99, "node": "x", "buckets": []},
-        {"type": protocol.STATE, "v": 1, "node": "x", "buckets": "nope"},
-        {
-            "type": protocol.STATE,
-            "v": 1,
-            "node": "x",
-            "buckets": [["g", "k", 60, key[3], 0, {"o": -5}]],
-        },
-        {
-            "type": protocol.STATE,
-            "v": 1,
-            "node": "x",
-            "buckets": [["g", "k", 60, key[3], 0, {"o": 10**16}]],
-        },
-        {
-            "type": protocol.STATE,
-            "v": 1,
-            "node": "x",
-            "buckets": [["g", "k", 60, key[3], 0, {"o": 1.5}]],
-        },
-        {"type": protocol.SYNC_REQUEST, "v": 1, "node": "x"},
-        {"type": protocol.STATE, "v": 1},
-    ]
-    for message in bad:
-        await cluster.layer.group_send(GROUP, message)
-    await cluster.layer.group_send(GROUP, {"type": "chat.message", "text": "hi"})
-    await eventually(lambda: node.metrics.malformed == len(bad))
-    await eventually(lambda: node.metrics.unknown_types == 1)
-    assert node.store.total(key) == 0
-    # The node still works after all that.
-    good = protocol.state_message("peer", [BucketState(*key, 0, {"peer": 3})])
-    await cluster.layer.group_send(GROUP, good)
-    await eventually(lambda: node.store.total(key) == 3)
+    first.store.add(key, 3, time.time())
+    await eventually(lambda: second.store.total(key) == 3)
+    second.store.reset("g", "k")
+    await eventually(lambda: first.store.total(key) == 0)
+    late = await cluster.add()
+    assert late.store.reset_states() == second.store.reset_states()
+    stale = [Entry(*key, 0, 3, 0)]  # generation 0: counted before the reset
+    late.store.merge(first.store.origin, stale, time.time())
+    assert late.store.total(key) == 0
+
+
+async def test_the_interval_stretches_with_the_number_of_peers(cluster: Cluster) -> None:
+    nodes = [await cluster.add(receive_budget=40, interval=0.01) for _ in range(5)]
+    await eventually(lambda: all(len(n.peers.table) == 4 for n in nodes))
+    # Four peers, a budget of 40 messages a second: 0.1 s rounds instead of 0.01 s.
+    assert all(n.effective_interval == pytest.approx(0.1) for n in nodes)
+    assert nodes[0].node_info()["effective_interval"] == pytest.approx(0.1)
+
+
+async def test_a_clean_stop_says_goodbye(cluster: Cluster) -> None:
+    first, second = await cluster.add(), await cluster.add()
+    await eventually(lambda: second.store.origin in first.peers.table)
+    index = cluster.nodes.index(second)
+    cluster.tasks[index].cancel()
+    await asyncio.gather(cluster.tasks[index], return_exceptions=True)
+    await second.close()
+    await eventually(lambda: second.store.origin not in first.peers.table)
 
 
 async def test_handler_error_does_not_stop_the_node(
@@ -232,11 +319,10 @@ async def test_handler_error_does_not_stop_the_node(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(node.store, "merge", explode)
-    message = protocol.state_message("peer", [BucketState(*key, 0, {"peer": 3})])
-    await cluster.layer.group_send(GROUP, message)
-    await eventually(lambda: node.metrics.handler_errors == 1)
+    await cluster.layer.group_send(GROUP, sealed(protocol.STATE, seq=1, e=[entry(key, 3)]))
+    await eventually(lambda: node.metrics.dropped_handler_error == 1)
     monkeypatch.undo()
-    await cluster.layer.group_send(GROUP, message)
+    await cluster.layer.group_send(GROUP, sealed(protocol.STATE, seq=2, e=[entry(key, 3)]))
     await eventually(lambda: node.store.total(key) == 3)
 
 
@@ -284,30 +370,18 @@ async def test_inspect_and_reset_requests_are_answered(cluster: Cluster) -> None
     key = bucket()
     node.store.add(key, 6, time.time())
     reply = await cluster.layer.new_channel()
-    await cluster.layer.group_send(
-        GROUP, {"type": protocol.INSPECT, "v": 1, "node": "cmd", "reply": reply, "request": "r1"}
+    await cluster.layer.group_send(GROUP, sealed(protocol.INSPECT, ch=reply, id="r1"))
+    kind, answer = protocol.open_message(
+        await asyncio.wait_for(cluster.layer.receive(reply), 2), TEST_KEYS, time.time()
     )
-    answer = await asyncio.wait_for(cluster.layer.receive(reply), 2)
+    assert kind == protocol.REPLY
     assert answer["request"] == "r1"
     assert answer["info"]["node"] == node.store.origin
     assert [b[:4] for b in answer["buckets"]] == [list(key)]
-    await cluster.layer.group_send(
-        GROUP,
-        {
-            "type": protocol.RESET,
-            "v": 1,
-            "node": "cmd",
-            "reply": reply,
-            "request": "r2",
-            "group": "g",
-            "key": "k",
-            "generation": time.time_ns(),
-        },
+    reset = sealed(protocol.RESET, ch=reply, id="r2", group="g", key="k", generation=time.time_ns())
+    await cluster.layer.group_send(GROUP, reset)
+    kind, answer = protocol.open_message(
+        await asyncio.wait_for(cluster.layer.receive(reply), 2), TEST_KEYS, time.time()
     )
-    answer = await asyncio.wait_for(cluster.layer.receive(reply), 2)
     assert answer["removed"] == 1
     assert node.store.total(key) == 0
-
-
-async def run_briefly(coro: Awaitable[Any]) -> None:
-    await asyncio.wait_for(coro, 2)

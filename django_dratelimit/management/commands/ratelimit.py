@@ -14,8 +14,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import client
 from ...conf import conf
-from ...inspect import MAX_INSPECT_BUCKETS
-from ...protocol import MalformedMessage
 from ...rates import (
     InvalidRate,
     Rate,
@@ -28,6 +26,8 @@ from ...rates import (
 from ...rules import get_rules
 from ...store import BucketKey
 from ...strict import StrictCounter, StrictUnavailable, StrictUnsupported, get_strict_counter
+from ...sync.answers import MAX_INSPECT_BUCKETS
+from ...sync.protocol import MalformedMessage
 
 WIDTH = 80
 GAP = "  "

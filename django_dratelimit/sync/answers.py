@@ -1,24 +1,24 @@
-"""Answers to the management command: what this node holds, and resets it is asked for."""
+"""Answers to the management command: what this node holds, and the resets it is asked for."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..registry import known_rates
+from ..store import ResetState
 from . import protocol
-from .registry import known_rates
-from .store import ResetState
 
 if TYPE_CHECKING:
-    from .sync import SyncNode
+    from .node import SyncNode
 
 MAX_INSPECT_BUCKETS = 5_000
 
 
-def inspect_answer(node: SyncNode, message: dict[str, Any]) -> dict[str, Any]:
+def inspect_answer(node: SyncNode, payload: dict[str, Any]) -> dict[str, Any]:
     """This node's info and its live buckets, filtered as the command asked."""
-    group = message.get("group")
-    key = message.get("key")
-    limit = message.get("limit")
+    group = payload.get("group")
+    key = payload.get("key")
+    limit = payload.get("limit")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
         limit = MAX_INSPECT_BUCKETS
     states = node.store.live_states(node.clock())
@@ -28,30 +28,24 @@ def inspect_answer(node: SyncNode, message: dict[str, Any]) -> dict[str, Any]:
         states = [s for s in states if key in s.key]
     states.sort(key=lambda s: -s.total)
     return {
-        "type": protocol.REPLY,
-        "v": protocol.VERSION,
-        "node": node.store.origin,
-        "request": message.get("request"),
+        "request": payload.get("id"),
         "info": node.node_info(),
-        "buckets": protocol.encode_buckets(states[: min(limit, MAX_INSPECT_BUCKETS)]),
+        "buckets": protocol.encode_states(states[: min(limit, MAX_INSPECT_BUCKETS)]),
         "rates": known_rates(),
         "truncated": len(states) > limit,
     }
 
 
-def apply_reset_request(node: SyncNode, message: dict[str, Any]) -> dict[str, Any]:
+def reset_answer(node: SyncNode, payload: dict[str, Any]) -> dict[str, Any]:
     """Apply a reset sent to the whole group; the generation makes it idempotent."""
     now = node.clock()
     (reset,) = protocol.decode_resets(
-        [[message.get("group"), message.get("key"), message.get("generation")]], now
+        [[payload.get("group"), payload.get("key"), payload.get("generation")]], now
     )
     removed = node.store.apply_resets([reset])
     node.metrics.resets_applied += 1
     return {
-        "type": protocol.REPLY,
-        "v": protocol.VERSION,
-        "node": node.store.origin,
-        "request": message.get("request"),
+        "request": payload.get("id"),
         "info": node.node_info(),
         "removed": removed,
         # The generation now in force. Above the request's when a newer reset (from
@@ -72,6 +66,3 @@ def generation_in_force(node: SyncNode, reset: ResetState) -> int:
         ),
         default=0,
     )
-
-
-__all__ = ["ResetState", "apply_reset_request", "generation_in_force", "inspect_answer"]

@@ -44,7 +44,7 @@ NO_ANSWER = (
 _LOCAL_ONLY = (
     "Rate-limit counters live in the memory of each process and cannot be seen from "
     "another process with {why}. Use a shared layer such as "
-    "channels_redis.pubsub.RedisPubSubChannelLayer (see README, 'Running a cluster')."
+    "django_dratelimit.layers.RedisPubSubChannelLayer (see README, 'Running a cluster')."
 )
 _COUNTERS = ("messages_sent", "messages_received", "broker_errors")
 

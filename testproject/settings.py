@@ -123,14 +123,16 @@ if REDIS_URL:
     # pop: an idle receive would time out every 5 s.
     _redis_host = {"address": REDIS_URL, "socket_timeout": 10}
     # The pub/sub layer is the cheaper one (one PUBLISH per sync message; see
-    # README, Benchmarks); "core" picks RedisChannelLayer.
-    if os.environ.get("DRATELIMIT_LAYER", "pubsub") != "core":
-        CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-                "CONFIG": {"hosts": [_redis_host]},
-            }
-        }
+    # README, Benchmarks), in django_dratelimit's subclass that does not poll while
+    # idle; "stock" picks channels_redis' own, "core" picks RedisChannelLayer.
+    _layer = os.environ.get("DRATELIMIT_LAYER", "pubsub")
+    if _layer != "core":
+        _backend = (
+            "channels_redis.pubsub.RedisPubSubChannelLayer"
+            if _layer == "stock"
+            else "django_dratelimit.layers.RedisPubSubChannelLayer"
+        )
+        CHANNEL_LAYERS = {"default": {"BACKEND": _backend, "CONFIG": {"hosts": [_redis_host]}}}
     else:
         CHANNEL_LAYERS = {
             "default": {

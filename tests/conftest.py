@@ -89,11 +89,11 @@ def redis_db(redis_server: RedisServer) -> RedisServer:
 def layer_config(kind: str, url: str) -> dict[str, object]:
     """The CHANNEL_LAYERS entry README recommends, for the core or the pub/sub layer."""
     host = {"address": url, "socket_timeout": 10}
-    if kind == "pubsub":
-        return {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [host]},
-        }
+    if kind in ("pubsub", "stock"):
+        backend = "django_dratelimit.layers.RedisPubSubChannelLayer"
+        if kind == "stock":  # channels_redis' own, which polls while idle
+            backend = "channels_redis.pubsub.RedisPubSubChannelLayer"
+        return {"BACKEND": backend, "CONFIG": {"hosts": [host]}}
     return {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {"hosts": [host], "capacity": 1000, "group_expiry": 30},

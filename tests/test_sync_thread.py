@@ -17,7 +17,7 @@ from django_dratelimit.sync import SyncThread, start_sync
 from tests.cluster import RedisServer, wait_for
 from tests.conftest import layer_config
 
-LAYERS = ["core", "pubsub"]
+LAYERS = ["core", "pubsub", "stock"]
 
 
 @pytest.fixture(params=LAYERS)
@@ -127,6 +127,28 @@ def test_broker_down_at_start_then_up(redis_layers: str, redis_db: RedisServer) 
             peer.close()
     finally:
         limiter.close()
+
+
+def test_the_quiet_pubsub_layer_and_channels_redis_own_share_a_group(
+    redis_db: RedisServer,
+) -> None:
+    layers = {
+        "quiet": layer_config("pubsub", redis_db.url),
+        "stock": layer_config("stock", redis_db.url),
+    }
+    limiters = []
+    try:
+        for alias in layers:
+            settings = {"CHANNEL_LAYER": alias, "SYNC_INTERVAL": 0.01}
+            with override_settings(CHANNEL_LAYERS=layers, DRATELIMIT=settings):
+                limiters.append(Limiter())
+                for _ in range(3):
+                    limiters[-1].hit("g", "k", "100/h")
+        for limiter in limiters:
+            wait_for(lambda lim=limiter: lim.get("g", "k", "100/h").count == 6, 5, "both at 6")
+    finally:
+        for limiter in limiters:
+            limiter.close()
 
 
 def test_stop_is_idempotent_and_leaves_nothing(redis_layers: str) -> None:

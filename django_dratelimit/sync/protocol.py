@@ -171,23 +171,48 @@ def decode_entries(raw: Any, now: float) -> list[Entry]:
     latest_start = int(now + CLOCK_SKEW)
     generation_high = _generation_high(now)
     entries = []
+    make = Entry._make
     for item in raw:
-        if not isinstance(item, list) or len(item) != 7:
-            raise MalformedMessage("an entry is [group, key, period, start, gen, count, register]")
-        group, key, period, start, generation, value, register = item
-        entries.append(
-            Entry(
-                required_text(group, "group"),
-                required_text(key, "key"),
-                integer(period, "period", 1, MAX_PERIOD),
-                # Not checked against the period: windows may be staggered per key.
-                integer(start, "window start", 0, latest_start),
-                integer(generation, "generation", 0, generation_high),
-                count(value, "count"),
-                count(register, "register"),
-            )
-        )
+        # The common case in one expression (this runs for every entry of every
+        # message); anything off goes through the field checks for the reason.
+        if (
+            type(item) is list
+            and len(item) == 7
+            and type(item[0]) is str
+            and 0 < len(item[0]) <= MAX_TEXT
+            and type(item[1]) is str
+            and 0 < len(item[1]) <= MAX_TEXT
+            and type(item[2]) is int
+            and 1 <= item[2] <= MAX_PERIOD
+            # Not checked against the period: windows may be staggered per key.
+            and type(item[3]) is int
+            and 0 <= item[3] <= latest_start
+            and type(item[4]) is int
+            and 0 <= item[4] <= generation_high
+            and type(item[5]) is int
+            and 0 <= item[5] <= MAX_COUNT
+            and type(item[6]) is int
+            and 0 <= item[6] <= MAX_COUNT
+        ):
+            entries.append(make(item))
+        else:
+            _explain_entry(item, latest_start, generation_high)
     return entries
+
+
+def _explain_entry(item: Any, latest_start: int, generation_high: int) -> None:
+    """Raise MalformedMessage naming what is wrong with an entry."""
+    if not isinstance(item, list) or len(item) != 7:
+        raise MalformedMessage("an entry is [group, key, period, start, gen, count, register]")
+    group, key, period, start, generation, value, register = item
+    required_text(group, "group")
+    required_text(key, "key")
+    integer(period, "period", 1, MAX_PERIOD)
+    integer(start, "window start", 0, latest_start)
+    integer(generation, "generation", 0, generation_high)
+    count(value, "count")
+    count(register, "register")
+    raise MalformedMessage("an entry field has the wrong type")  # e.g. a str subclass
 
 
 def encode_relay(relay: dict[str, list[Entry]]) -> dict[str, list[list[Any]]]:

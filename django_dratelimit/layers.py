@@ -48,7 +48,8 @@ class _BlockingShard(pubsub.RedisSingleShardConnection):  # type: ignore[misc]
 class _LoopLayer(pubsub.RedisPubSubLoopLayer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._shards = [_BlockingShard(shard.host, self) for shard in self._shards]
+        stock: list[Any] = self._shards
+        self._shards = [_BlockingShard(shard.host, self) for shard in stock]
 
 
 class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):  # type: ignore[misc]

@@ -20,8 +20,8 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 logger = logging.getLogger("django_dratelimit")
 
@@ -331,24 +331,28 @@ class CounterStore:
                 found.add(self.origin)
         return {o for o in found if o[0] != "~"}
 
-    def merge(self, origin: str, entries: Iterable[Entry], now: float) -> int:
-        """Max-merge ``origin``'s absolute counts; return how many buckets grew."""
+    def merge(self, origin: str, entries: Iterable[Sequence[Any]], now: float) -> int:
+        """Max-merge ``origin``'s absolute counts (``Entry`` fields); return how many grew."""
         changed = 0
         own = origin == self.origin
+        buckets = self._buckets
         with self._lock:
-            for entry in entries:
-                group, key, period, start, generation, count, register = entry
+            for group, key, period, start, generation, count, register in entries:
                 if start + 2 * period <= now:
                     continue
-                current = self._generation(group, key)
-                if generation < current:
-                    continue  # counted before a reset this process already knows of
-                if generation > current:
-                    self._apply_reset(ResetState(group, key, generation))
                 bucket_key = (group, key, period, start)
-                bucket = self._buckets.get(bucket_key)
-                if bucket is None:
-                    bucket = self._create(bucket_key, now, generation)
+                bucket = buckets.get(bucket_key)
+                # A live bucket is of its key's current generation (a reset drops the
+                # older ones): the same generation needs no reset bookkeeping.
+                if bucket is None or generation != bucket.generation:
+                    current = self._generation(group, key)
+                    if generation < current:
+                        continue  # counted before a reset this process already knows of
+                    if generation > current:
+                        self._apply_reset(ResetState(group, key, generation))
+                    bucket = buckets.get(bucket_key)
+                    if bucket is None:
+                        bucket = self._create(bucket_key, now, generation)
                 grew = False
                 remote = bucket.remote
                 if own:
@@ -364,7 +368,7 @@ class CounterStore:
                         remote[origin] = count
                         bucket.total += count - known
                         grew = True
-                if register > remote.get(REGISTER, 0):
+                if register and register > remote.get(REGISTER, 0):
                     remote[REGISTER] = register
                     grew = True
                 changed += grew

@@ -93,7 +93,7 @@ class Handlers:
         return protocol.integer(payload.get("seq"), "seq", 0, 2**62)
 
     def _merge(self, origin: str, raw: Any, now: float) -> None:
-        entries = protocol.decode_entries(raw, now)
+        entries = protocol.check_entries(raw, now)
         self.metrics.buckets_received += len(entries)
         self.metrics.merges += self.store.merge(origin, entries, now)
 
@@ -115,7 +115,7 @@ class Handlers:
     def ratelimit_state(self, sender: str, payload: dict[str, Any], now: float) -> None:
         """A peer's own counts of the buckets it changed: max-merge them."""
         seq = self._seq(payload)
-        entries = protocol.decode_entries(payload.get("e"), now)
+        entries = protocol.check_entries(payload.get("e"), now)
         resets = protocol.decode_resets(payload.get("r"), now)
         peer = self._heard(sender, payload, now)
         verdict = self.peers.sequence(peer, seq, now, self.node.catching_up)

@@ -166,12 +166,15 @@ def encode_entries(entries: Iterable[Entry]) -> list[list[Any]]:
 
 
 def decode_entries(raw: Any, now: float) -> list[Entry]:
+    return [Entry._make(item) for item in check_entries(raw, now)]
+
+
+def check_entries(raw: Any, now: float) -> list[Sequence[Any]]:
+    """``raw`` itself once every entry in it is valid (no copy: this runs per message)."""
     if not isinstance(raw, list) or len(raw) > MAX_BUCKETS:
         raise MalformedMessage(f"entries must be a list of at most {MAX_BUCKETS}")
     latest_start = int(now + CLOCK_SKEW)
     generation_high = _generation_high(now)
-    entries = []
-    make = Entry._make
     for item in raw:
         # The common case in one expression (this runs for every entry of every
         # message); anything off goes through the field checks for the reason.
@@ -194,10 +197,9 @@ def decode_entries(raw: Any, now: float) -> list[Entry]:
             and type(item[6]) is int
             and 0 <= item[6] <= MAX_COUNT
         ):
-            entries.append(make(item))
-        else:
-            _explain_entry(item, latest_start, generation_high)
-    return entries
+            continue
+        _explain_entry(item, latest_start, generation_high)
+    return raw
 
 
 def _explain_entry(item: Any, latest_start: int, generation_high: int) -> None:

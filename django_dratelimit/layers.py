@@ -48,7 +48,7 @@ class _BlockingShard(pubsub.RedisSingleShardConnection):  # type: ignore[misc]
 class _LoopLayer(pubsub.RedisPubSubLoopLayer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        stock: list[Any] = self._shards
+        stock: list[Any] = getattr(self, "_shards")  # noqa: B009 (channels_redis has no types)
         self._shards = [_BlockingShard(shard.host, self) for shard in stock]
 
 

@@ -101,8 +101,6 @@ def decode_buckets(raw: Any, now: float) -> list[BucketState]:
         key = _text(key, "key")
         period = _int(period, "period", 1, EPOCH_PERIODS * MAX_PERIOD)
         start = _int(start, "window start", 0, int(now + CLOCK_SKEW))
-        if start % period:
-            raise MalformedMessage("window start is not aligned to its period")
         generation = _int(generation, "generation", 0, now_ns + int(CLOCK_SKEW * 1e9))
         if not isinstance(counts, dict) or len(counts) > MAX_ORIGINS:
             raise MalformedMessage(f"counts must be a dict of at most {MAX_ORIGINS} origins")

@@ -446,7 +446,7 @@ def test_malformed_foreign_and_repeated_replies_are_ignored(core: str) -> None:
         good = reply(message)
         return [
             reply(message, v=2),
-            reply(message, node="n2", buckets=[["g", "k", HOUR, 1, 0, {}]]),  # misaligned
+            reply(message, node="n2", buckets=[["g", "k", HOUR, -1, 0, {}]]),  # bad start
             reply(message, node="n3", info_pid="4242"),
             reply(message, node="n4", rates={"g": [[-1, 60]]}),
             reply(message, node="n5", request="somebody else's"),

@@ -182,7 +182,17 @@ class UsageDict(dict[str, Any]):
         policy: str
 
     def __init__(self, usage: Usage) -> None:
-        super().__init__(usage._as_dict())
+        # Field by field, not through _as_dict(): half the cost, on every get_usage().
+        count, limit = usage.count, usage.limit
+        dict.__init__(
+            self,
+            count=count,
+            limit=limit,
+            should_limit=usage.should_limit,
+            time_left=usage.time_left,
+            remaining=limit - count if count < limit else 0,
+            reset_at=usage.reset_at,
+        )
         self.usage = usage
 
     def __getattr__(self, name: str) -> Any:

@@ -12,7 +12,15 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import Client, RequestFactory, override_settings
 
-from django_dratelimit import ALL, UNSAFE, Ratelimited, get_usage, is_ratelimited, ratelimit
+from django_dratelimit import (
+    ALL,
+    UNSAFE,
+    Ratelimited,
+    UsageDict,
+    get_usage,
+    is_ratelimited,
+    ratelimit,
+)
 from django_dratelimit.exceptions import ConfigurationError, MissingArgument
 from django_dratelimit.keys import MissingClientAddress
 from django_dratelimit.limiter import Limiter
@@ -108,6 +116,23 @@ def test_exception_class(rf: RequestFactory, limiter: Limiter, setting: str, val
             view(rf.get("/"))
 
     assert info.value.usage.count == 2  # type: ignore[attr-defined]
+
+
+def test_an_exception_class_path_to_a_non_exception_raises_on_the_request(
+    rf: RequestFactory, limiter: Limiter
+) -> None:
+    view = ratelimit(key="ip", rate="0/m")(views.open_view)
+    with (
+        override_settings(DRATELIMIT={"EXCEPTION_CLASS": "tests.views.custom_limited"}),
+        pytest.raises(ImproperlyConfigured, match="not an exception class"),
+    ):
+        view(rf.get("/"))
+
+
+def test_a_usage_dict_being_copied_never_recurses() -> None:
+    blank = UsageDict.__new__(UsageDict)  # as copy and pickle make it, before __init__
+    with pytest.raises(AttributeError):
+        blank.group  # noqa: B018
 
 
 def test_a_custom_exception_is_not_turned_into_a_429(client: Client, settings: Any) -> None:

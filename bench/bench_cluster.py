@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:
 from machine import cpu_model, load_average  # noqa: E402
 from workers import Worker, redis_info  # noqa: E402
 
+from django_dratelimit.scopes import window_offset  # noqa: E402
 from tests.cluster import LOOPBACK, DemoServer, RedisServer, load, wait_for  # noqa: E402
 
 NODES = 3
@@ -677,6 +678,8 @@ def convergence(
     rtts: list[float] = []
     timeouts = discarded = 0
     baseline = wait_agreement(servers, 30)
+    # @ratelimit staggers the shared key's window: it ends at this offset, not at midnight.
+    traffic_offset = window_offset(GROUP, KEY, TRAFFIC_PERIOD)
 
     def poll(
         client: Client, expected: int, since: float, deadline: float
@@ -708,7 +711,7 @@ def convergence(
         with ThreadPoolExecutor(NODES) as pool:
             for _ in range(mode.bursts):
                 time.sleep(rng.uniform(0.05, 0.25))  # a random phase against the flush tick
-                window = time.time() // TRAFFIC_PERIOD
+                window = (time.time() - traffic_offset) // TRAFFIC_PERIOD
                 target = servers[rng.randrange(NODES)]
                 result = load([target], mode.burst_size, threads=5)
                 ended = time.monotonic()
@@ -716,7 +719,7 @@ def convergence(
                 deadline = ended + 5.0
                 futures = [pool.submit(poll, c, expected, ended, deadline) for c in clients]
                 bounds = [f.result() for f in futures]
-                if result["errors"] or time.time() // TRAFFIC_PERIOD != window:
+                if result["errors"] or (time.time() - traffic_offset) // TRAFFIC_PERIOD != window:
                     discarded += 1  # the expected total is unknown: start again from agreement
                     baseline = wait_agreement(servers, 30)
                     continue
@@ -793,8 +796,11 @@ class Accuracy:
 
 
 def fresh_window(period: int, needed: float) -> float:
-    """Sleep to the next window if fewer than ``needed`` seconds of this one are left."""
-    left = period - time.time() % period
+    """Sleep to the next window if fewer than ``needed`` seconds of this one are left.
+
+    The window of the shared key that @ratelimit counts: staggered by its offset.
+    """
+    left = period - (time.time() - window_offset(GROUP, KEY, period)) % period
     if left >= needed:
         return 0.0
     time.sleep(left + 0.05)

@@ -67,6 +67,8 @@ for _path in (ROOT, ROOT / "bench"):
 
 from machine import cpu_model  # noqa: E402
 
+from django_dratelimit.scopes import window_offset  # noqa: E402
+
 LOOPBACK = "127.0.0.1"
 SERVERS = 3
 SYNC_INTERVAL = 0.05  # the default, used by the batched variant
@@ -129,7 +131,10 @@ class Variant:
     path: str  # throughput endpoint; the accuracy endpoint is path + "acc/"
     cluster: bool  # uses this app's sync (report broker messages)
     sync_interval: float | None = None
-    windows: str = "epoch"  # "epoch": windows start at multiples of the period; "crc": per key
+    # "stagger": this app's windows, shifted by crc32(group NUL key) % period (scopes.py);
+    # "crc": django-ratelimit's, shifted by crc32(key) % period.
+    windows: str = "stagger"
+    acc_group: str = "bench-acc"  # the accuracy view's group (testproject/bench_views.py)
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,13 @@ EVENTUAL_PUBSUB = Variant(
 PAIRED_BASELINE = Variant(
     "paired_baseline", "no limiter (on this set's servers)", "/bench/noop/", cluster=False
 )
-STRICT = Variant("strict", "dratelimit strict, django-redis", "/bench/strict/", cluster=False)
+STRICT = Variant(
+    "strict",
+    "dratelimit strict, django-redis",
+    "/bench/strict/",
+    cluster=False,
+    acc_group="bench-strict-acc",
+)
 DR_REDIS = Variant(
     "dr_redis", "django-ratelimit 4.1, django-redis", "/bench/dr/", cluster=False, windows="crc"
 )
@@ -935,20 +946,18 @@ class Bench:
     def accuracy_key(self, base: str, variant: Variant) -> str:
         """A fresh key whose whole run fits in one rate window."""
         margin = self.mode.acc_margin_s
-        if variant.windows == "crc":
-            # django-ratelimit offsets each key's window by crc32(key) % period: pick a
-            # key whose window has the most time left instead of waiting.
-            now = int(time.time())
-            for i in range(1000):
-                key = f"{base}-{i}"
-                left = (zlib.crc32(key.encode()) % ACC_PERIOD - now % ACC_PERIOD) % ACC_PERIOD
-                if left >= max(margin, ACC_PERIOD / 2):
-                    return key
-            return base
-        seconds_left = ACC_PERIOD - time.time() % ACC_PERIOD
-        if seconds_left < margin:
-            self.log(f"waiting {seconds_left:.1f} s for a fresh {ACC_PERIOD} s window")
-            time.sleep(seconds_left + 0.2)
+        # Both libraries offset each key's window: pick a key whose window has the most
+        # time left instead of waiting.
+        now = int(time.time())
+        for i in range(1000):
+            key = f"{base}-{i}"
+            if variant.windows == "crc":
+                offset = zlib.crc32(key.encode()) % ACC_PERIOD
+            else:
+                offset = window_offset(variant.acc_group, key, ACC_PERIOD)
+            left = (offset - now % ACC_PERIOD) % ACC_PERIOD
+            if left >= max(margin, ACC_PERIOD / 2):
+                return key
         return base
 
     def baseline_rps(self, kind: str) -> float:

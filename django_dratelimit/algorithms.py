@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from .exceptions import ConfigurationError
+
 FIXED_WINDOW = "fixed_window"
 SLIDING_WINDOW = "sliding_window"
 TOKEN_BUCKET = "token_bucket"
@@ -22,13 +24,17 @@ CONSISTENCIES = (EVENTUAL, STRICT)
 
 
 def validate_choice(algorithm: str | None, consistency: str) -> None:
-    """Raise ValueError for an unknown algorithm or consistency, or a strict bucket."""
+    """Raise ConfigurationError (a ValueError) for an unknown algorithm or consistency."""
     if algorithm is not None and algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        raise ConfigurationError(
+            f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}"
+        )
     if consistency not in CONSISTENCIES:
-        raise ValueError(f"unknown consistency {consistency!r}; use 'eventual' or 'strict'")
+        raise ConfigurationError(f"unknown consistency {consistency!r}; use 'eventual' or 'strict'")
     if consistency == STRICT and algorithm in BUCKET_ALGORITHMS:
-        raise ValueError("consistency 'strict' works with fixed_window and sliding_window only")
+        raise ConfigurationError(
+            "consistency 'strict' works with fixed_window and sliding_window only"
+        )
 
 
 class Decision(NamedTuple):

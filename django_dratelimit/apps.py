@@ -11,8 +11,10 @@ class DratelimitConfig(AppConfig):
 
     def ready(self) -> None:
         from .checks import check_settings
+        from .checks_compat import check_compat
 
         checks.register(check_settings, "dratelimit")
+        checks.register(check_compat, "dratelimit")
 
         from .limiter import start_sync_on_request
 

@@ -12,7 +12,7 @@ from django.utils.module_loading import import_string
 
 from .algorithms import ALGORITHMS, CONSISTENCIES, EVENTUAL, STRICT
 from .checks_strict import check_strict_algorithm, check_strict_cache
-from .conf import DEFAULTS
+from .conf import DEFAULTS, legacy_values
 from .costs import InvalidCost, compile_cost
 from .keys import InvalidKey, compile_key
 from .rates import InvalidRate, validate_rate
@@ -20,6 +20,8 @@ from .registry import strict_groups
 from .rules import REQUIRED_FIELDS, RULE_FIELDS
 
 MIDDLEWARE_PATH = "django_dratelimit.middleware.RateLimitMiddleware"
+# django-ratelimit's class name for it, kept for projects that moved over.
+MIDDLEWARE_PATHS = (MIDDLEWARE_PATH, "django_dratelimit.middleware.RatelimitMiddleware")
 REDIS_CORE = "channels_redis.core.RedisChannelLayer"
 _GROUP_NAME_RE = re.compile(r"^[a-zA-Z\d\-_.]{1,99}$")
 
@@ -46,10 +48,12 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
 
-    def get(name: str) -> Any:
-        return raw.get(name, DEFAULTS[name])
+    legacy = legacy_values()  # RATELIMIT_* under their old names: checked as ours
 
-    for name in ("ENABLED", "HEADERS", "STRICT_FAIL_OPEN"):
+    def get(name: str) -> Any:
+        return raw.get(name, legacy.get(name, DEFAULTS[name]))
+
+    for name in ("ENABLED", "HEADERS", "STRICT_FAIL_OPEN", "STAGGER_WINDOWS"):
         if not isinstance(get(name), bool):
             errors.append(_error(f"DRATELIMIT[{name!r}] must be True or False.", "", 3))
     if get("ALGORITHM") not in ALGORITHMS:
@@ -280,7 +284,8 @@ def _check_rules(rules: Any) -> list[CheckMessage]:
                 )
             seen.add(name)
         errors += _check_rule_fields(where, rule)
-    if rules and MIDDLEWARE_PATH not in getattr(settings, "MIDDLEWARE", []):
+    middleware = getattr(settings, "MIDDLEWARE", [])
+    if rules and not any(path in middleware for path in MIDDLEWARE_PATHS):
         errors.append(
             _error(
                 "DRATELIMIT['RULES'] is set but RateLimitMiddleware is not in MIDDLEWARE, so "

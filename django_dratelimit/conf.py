@@ -1,4 +1,9 @@
-"""Read ``settings.DRATELIMIT`` with defaults, at call time (so override_settings works)."""
+"""Read ``settings.DRATELIMIT`` with defaults, at call time (so override_settings works).
+
+django-ratelimit's ``RATELIMIT_*`` settings are read as fallbacks under their
+old names (see ``LEGACY``), so a project that only changed its imports keeps
+its settings; ``checks_compat`` tells it where each one moves.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "IPV4_MASK": 32,
     "IPV6_MASK": 64,
     "MAX_KEYS": 100_000,
+    # django-ratelimit's API
+    "EXCEPTION_CLASS": None,  # None: Ratelimited
+    "STAGGER_WINDOWS": True,
     # Cluster sync
     "CHANNEL_LAYER": "default",
     "GROUP": None,  # None: site_group(), one per SECRET_KEY
@@ -35,6 +43,51 @@ DEFAULTS: dict[str, Any] = {
     "STRICT_CACHE": "default",
     "STRICT_FAIL_OPEN": False,
 }
+
+# django-ratelimit's settings that mean something here, and the DRATELIMIT key they
+# fall back to. Its cache only ever held counts: strict mode is what counts in a cache.
+LEGACY: dict[str, str] = {
+    "RATELIMIT_ENABLE": "ENABLED",
+    "RATELIMIT_VIEW": "VIEW",
+    "RATELIMIT_IP_META_KEY": "IP_META_KEY",
+    "RATELIMIT_IPV4_MASK": "IPV4_MASK",
+    "RATELIMIT_IPV6_MASK": "IPV6_MASK",
+    "RATELIMIT_EXCEPTION_CLASS": "EXCEPTION_CLASS",
+    "RATELIMIT_USE_CACHE": "STRICT_CACHE",
+    "RATELIMIT_FAIL_OPEN": "STRICT_FAIL_OPEN",
+}
+# ... and those that mean nothing here, with the reason.
+IGNORED_LEGACY: dict[str, str] = {
+    "RATELIMIT_HASH_ALGORITHM": "counters are not cache keys here: nothing is hashed with it",
+    "RATELIMIT_CACHE_PREFIX": "strict-mode cache keys always start with 'dratelimit:'",
+}
+
+
+def legacy_values() -> dict[str, Any]:
+    """The DRATELIMIT keys set through django-ratelimit's old setting names.
+
+    Empty while django_ratelimit itself is installed: its settings are then its
+    own (both apps side by side, during a migration or a benchmark).
+    """
+    if ratelimit_installed():
+        return {}
+    values: dict[str, Any] = {}
+    for old, new in LEGACY.items():
+        if hasattr(settings, old):
+            value = getattr(settings, old)
+            if new in ("ENABLED", "STRICT_FAIL_OPEN"):
+                value = bool(value)  # django-ratelimit reads them as truthy or not
+            elif new == "IP_META_KEY" and not value:
+                value = None  # django-ratelimit: empty means REMOTE_ADDR
+            values[new] = value
+    return values
+
+
+def ratelimit_installed(apps: Sequence[str] | None = None) -> bool:
+    """Whether django_ratelimit is in INSTALLED_APPS (by name or by its AppConfig)."""
+    if apps is None:
+        apps = getattr(settings, "INSTALLED_APPS", ())
+    return any(app == "django_ratelimit" or app.startswith("django_ratelimit.") for app in apps)
 
 
 class Settings:
@@ -51,7 +104,8 @@ class Settings:
         merged = self._merged
         if merged is None:
             value = getattr(settings, "DRATELIMIT", {})
-            merged = {**DEFAULTS, **(value if isinstance(value, dict) else {})}
+            own = value if isinstance(value, dict) else {}
+            merged = {**DEFAULTS, **legacy_values(), **own}
             self._merged = merged
         return merged[name]
 
@@ -93,6 +147,14 @@ class Settings:
     @property
     def MAX_KEYS(self) -> int:
         return int(self._get("MAX_KEYS"))
+
+    @property
+    def EXCEPTION_CLASS(self) -> str | type[Exception] | None:
+        return self._get("EXCEPTION_CLASS")  # type: ignore[no-any-return]
+
+    @property
+    def STAGGER_WINDOWS(self) -> bool:
+        return bool(self._get("STAGGER_WINDOWS"))
 
     @property
     def CHANNEL_LAYER(self) -> str | None:
@@ -164,5 +226,5 @@ def group_for_secret(secret: str) -> str:
 
 @receiver(setting_changed)
 def _clear_settings_cache(setting: str, **kwargs: Any) -> None:
-    if setting == "DRATELIMIT":
+    if setting in ("DRATELIMIT", "INSTALLED_APPS") or setting.startswith("RATELIMIT_"):
         conf.clear()

@@ -1,4 +1,8 @@
-"""django-ratelimit compatible functions: ``get_usage`` and ``is_ratelimited``."""
+"""django-ratelimit compatible functions: ``get_usage`` and ``is_ratelimited``.
+
+A limit made here counts apart per group, rate, key value and methods, in
+windows staggered per key (``scopes``), as django-ratelimit's do.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ from django.http import HttpRequest
 
 from .algorithms import validate_choice
 from .conf import conf
+from .exceptions import MissingArgument
 from .keys import resolve_key
 from .limiter import get_limiter
 from .rates import Rate, parse_rate_string, resolve_rate
-from .usage import Usage
+from .scopes import DJANGO_RATELIMIT_ALL, method_scope
+from .usage import Usage, UsageDict
 
 ALL = None
 UNSAFE = ("DELETE", "PATCH", "POST", "PUT")
@@ -21,7 +27,7 @@ Method = str | Sequence[str] | None
 
 
 def method_applies(method: Method, request_method: str | None) -> bool:
-    if method is ALL:
+    if method is ALL or method == DJANGO_RATELIMIT_ALL:
         return True
     if isinstance(method, str):
         return request_method == method.upper()
@@ -33,32 +39,24 @@ def default_group(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
-def get_usage(
+def request_usage(
     request: HttpRequest,
-    group: str | None = None,
-    fn: Callable[..., Any] | None = None,
-    key: Any = None,
-    rate: Any = None,
-    method: Method = ALL,
-    increment: bool = False,
-    *,
-    algorithm: str | None = None,
-    cost: int = 1,
-    name: str = "",
-    consistency: str = "eventual",
+    group: str,
+    key: Any,
+    rate: Any,
+    method: Method,
+    cost: int,
+    algorithm: str | None,
+    name: str,
+    consistency: str,
+    scope: str,
 ) -> Usage | None:
-    """The usage for this request, or None when no limit applies to it.
+    """The usage of a limit on this request, counting ``cost`` hits; None if none applies.
 
     None means: limiting is disabled, the method does not match, the rate is
-    None, or the key has no value for this request (see ``keys``).
+    None, or the key has no value for this request (see ``keys``). The
+    arguments are checked by the caller.
     """
-    if group is None:
-        if fn is None:
-            raise ImproperlyConfiguredGroup()
-        group = default_group(fn)
-    if key is None:
-        raise TypeError("get_usage() needs a key, e.g. key='ip'")
-    validate_choice(algorithm, consistency)
     if not conf.ENABLED or not method_applies(method, request.method):
         return None
     if rate.__class__ is str and "/" in rate:  # a static rate: skip the dynamic checks
@@ -76,10 +74,64 @@ def get_usage(
         value,
         rates,
         algorithm or limiter.algorithm,
-        cost if increment else 0,
+        cost,
         name,
         consistency,
+        scope=scope,
+        stagger=conf.STAGGER_WINDOWS,
     )
+
+
+def _checked(
+    caller: str,
+    group: str | None,
+    fn: Callable[..., Any] | None,
+    key: Any,
+    algorithm: str | None,
+    consistency: str,
+) -> str:
+    """The group, once the arguments are known to be usable (ImproperlyConfigured if not)."""
+    if key is None:
+        raise MissingArgument(f"{caller}() needs a key, e.g. key='ip'")
+    validate_choice(algorithm, consistency)
+    if group is not None:
+        return group
+    if fn is None:
+        raise MissingArgument(f"{caller}() needs a group or a fn to name the group after")
+    return default_group(fn)
+
+
+def get_usage(
+    request: HttpRequest,
+    group: str | None = None,
+    fn: Callable[..., Any] | None = None,
+    key: Any = None,
+    rate: Any = None,
+    method: Method = ALL,
+    increment: bool = False,
+    *,
+    algorithm: str | None = None,
+    cost: int = 1,
+    name: str = "",
+    consistency: str = "eventual",
+) -> UsageDict | None:
+    """The usage for this request as a dict (with the Usage's attributes), or None.
+
+    None when no limit applies to the request (see ``request_usage``).
+    """
+    usage = request_usage(
+        request,
+        _checked("get_usage", group, fn, key, algorithm, consistency),
+        key,
+        rate,
+        method,
+        cost if increment else 0,
+        algorithm,
+        name,
+        consistency,
+        method_scope(method),
+    )
+    return None if usage is None else UsageDict(usage)
 
 
 def is_ratelimited(
@@ -90,13 +142,30 @@ def is_ratelimited(
     rate: Any = None,
     method: Method = ALL,
     increment: bool = False,
-    **kwargs: Any,
+    *,
+    algorithm: str | None = None,
+    cost: int = 1,
+    name: str = "",
+    consistency: str = "eventual",
 ) -> bool:
     """True when the request is over the limit (and counts it if ``increment``)."""
-    usage = get_usage(request, group, fn, key, rate, method, increment, **kwargs)
+    usage = request_usage(
+        request,
+        _checked("is_ratelimited", group, fn, key, algorithm, consistency),
+        key,
+        rate,
+        method,
+        cost if increment else 0,
+        algorithm,
+        name,
+        consistency,
+        method_scope(method),
+    )
     return usage is not None and usage.should_limit
 
 
-class ImproperlyConfiguredGroup(TypeError):
-    def __init__(self) -> None:
-        super().__init__("get_usage() needs a group or a fn to name the group after")
+# django-ratelimit's docs write get_usage.ALL, is_ratelimited.UNSAFE, ...
+get_usage.ALL = ALL  # type: ignore[attr-defined]
+get_usage.UNSAFE = UNSAFE  # type: ignore[attr-defined]
+is_ratelimited.ALL = ALL  # type: ignore[attr-defined]
+is_ratelimited.UNSAFE = UNSAFE  # type: ignore[attr-defined]

@@ -8,13 +8,14 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from .exceptions import ConfigurationError
 from .loading import import_callable
 from .logutil import log_throttled
 
 MAX_COST = 10**6
 
 
-class InvalidCost(ValueError):
+class InvalidCost(ConfigurationError):
     """A cost that is not a positive integer, a callable or a dotted path to one."""
 
 

@@ -1,25 +1,58 @@
-"""``@ratelimit``: the django-ratelimit 4.x decorator, for sync and async views."""
+"""``@ratelimit``: the django-ratelimit 4.x decorator, for sync and async views.
+
+Arguments that are wrong whatever the request (``rate="5/M"``,
+``key="ipaddr"``, an unknown algorithm) raise ImproperlyConfigured when the
+decorator runs. Dotted paths are imported on the first request, so a views
+module may name a function it defines further down; a missing ``key`` is
+raised on the request, as django-ratelimit does. ``manage.py check`` reports
+both at startup (``dratelimit.E027``), from ``declarations()``.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import sys
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.http import HttpRequest
 
 from .algorithms import STRICT, validate_choice
-from .core import ALL, Method, default_group, get_usage
+from .core import ALL, UNSAFE, Method, default_group, request_usage
 from .costs import compile_cost, resolve_cost
-from .exceptions import Ratelimited
+from .exceptions import MissingArgument, limited_exception
 from .keys import aload_user, compile_key, may_read_user
-from .rates import validate_rate
+from .rates import is_dynamic, validate_rate
 from .registry import register
+from .scopes import method_scope
 from .usage import Usage
 
 F = TypeVar("F", bound=Callable[..., Any])
 USAGES_ATTR = "_dratelimit_usages"
+NO_KEY = "@ratelimit needs a key, e.g. key='ip'"
+
+
+@dataclass(eq=False)
+class Declaration:
+    """The arguments of one ``@ratelimit(...)``, kept for the system checks."""
+
+    where: str
+    group: str | None
+    key: Any
+    rate: Any
+    cost: Any
+
+
+# Weak: a decorator that goes away (a view made inside a test) leaves no check behind.
+_declarations: weakref.WeakSet[Declaration] = weakref.WeakSet()
+
+
+def declarations() -> list[Declaration]:
+    """Every ``@ratelimit`` declared so far in this process, in no particular order."""
+    return list(_declarations)
 
 
 def record(request: HttpRequest, usage: Usage) -> None:
@@ -30,6 +63,16 @@ def record(request: HttpRequest, usage: Usage) -> None:
         setattr(request, USAGES_ATTR, usages)
     usages.append(usage)
     request.limited = getattr(request, "limited", False) or usage.should_limit  # type: ignore[attr-defined]
+
+
+def _is_path(spec: object) -> bool:
+    """A dotted path (imported on the first request), not a key type such as ``get:q``."""
+    return isinstance(spec, str) and ":" not in spec and "." in spec
+
+
+def _caller() -> str:
+    frame = sys._getframe(2)  # ratelimit()'s caller
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def ratelimit(
@@ -44,42 +87,54 @@ def ratelimit(
 ) -> Callable[[F], F]:
     """Limit a view; the arguments mean what they mean in django-ratelimit 4.x.
 
-    With ``block=True`` a limited request raises :class:`Ratelimited`, which
-    ``RateLimitMiddleware`` turns into a 429. Either way ``request.limited``
-    says whether any limit on the request was exceeded.
+    With ``block=True`` a limited request raises :class:`Ratelimited` (or
+    ``EXCEPTION_CLASS``), which ``RateLimitMiddleware`` turns into a 429.
+    Either way ``request.limited`` says whether any limit on the request was
+    exceeded.
     """
-    if key is None:
-        raise TypeError("@ratelimit needs a key, e.g. key='ip'")
-    compile_key(key)  # a bad key or rate is an error at import time, not on the first request
-    validate_rate(rate)
-    compiled_cost = compile_cost(cost)
+    if key is not None and not _is_path(key):
+        compile_key(key)
+    if not is_dynamic(rate):
+        validate_rate(rate)
+    if not isinstance(cost, str):
+        compile_cost(cost)
     validate_choice(algorithm, consistency)
+    scope = method_scope(method)
+    declaration = Declaration(_caller(), group, key, rate, cost)
+    _declarations.add(declaration)
 
     loads_user = may_read_user(key)
+    costs: list[Any] = []  # the compiled cost, once known (a dotted path: on first use)
 
     def decorator(fn: F) -> F:
         name = group if group is not None else default_group(fn)
-        register(name, rate, strict=consistency == STRICT)
+        register(name, rate, strict=consistency == STRICT, scope=scope)
 
         def before(request: HttpRequest) -> None:
-            usage = get_usage(
+            if key is None:
+                raise MissingArgument(NO_KEY)
+            if not costs:
+                costs.append(compile_cost(cost))
+            usage = request_usage(
                 request,
                 name,
-                key=key,
-                rate=rate,
-                method=method,
-                increment=True,
-                algorithm=algorithm,
-                cost=resolve_cost(compiled_cost, name, request),
-                consistency=consistency,
+                key,
+                rate,
+                method,
+                resolve_cost(costs[0], name, request),
+                algorithm,
+                "",
+                consistency,
+                scope,
             )
             if usage is None:
                 request.limited = getattr(request, "limited", False)  # type: ignore[attr-defined]
                 return
             record(request, usage)
             if usage.should_limit and block:
-                raise Ratelimited(usage)
+                raise limited_exception(usage)
 
+        # The wrappers hold the declaration: it lives as long as the view.
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
@@ -89,6 +144,7 @@ def ratelimit(
                 before(request)
                 return await fn(request, *args, **kwargs)
 
+            async_wrapper._dratelimit = declaration  # type: ignore[attr-defined]
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
@@ -96,6 +152,13 @@ def ratelimit(
             before(request)
             return fn(request, *args, **kwargs)
 
+        wrapper._dratelimit = declaration  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
+    decorator._dratelimit = declaration  # type: ignore[attr-defined]
     return decorator
+
+
+# django-ratelimit's docs write ratelimit.ALL and ratelimit.UNSAFE.
+ratelimit.ALL = ALL  # type: ignore[attr-defined]
+ratelimit.UNSAFE = UNSAFE  # type: ignore[attr-defined]

@@ -5,6 +5,12 @@ A key function returns ``None`` when it has nothing to count the request by
 then does not apply to that request. We chose this over a shared empty key,
 which would let one client exhaust the limit for everybody who lacks the value.
 Cover such requests with a second rule on ``ip``.
+
+The client address is different: every request has one, so when it cannot be
+found (``REMOTE_ADDR`` empty behind a Unix-socket proxy, ``IP_META_KEY``
+naming a header the request lacks) that is a configuration error, raised as
+:class:`MissingClientAddress` on the request, as django-ratelimit does. An
+``ip`` limit that quietly stopped limiting would be the worst way to fail.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from .conf import conf
+from .exceptions import ConfigurationError
 from .loading import import_callable
 from .logutil import log_throttled
 
@@ -27,8 +35,12 @@ KeyFunc: TypeAlias = Callable[[str, HttpRequest], "str | None"]
 MAX_KEY_BYTES = 256
 
 
-class InvalidKey(ValueError):
+class InvalidKey(ConfigurationError):
     """A key specification that names no known key type."""
+
+
+class MissingClientAddress(ImproperlyConfigured):
+    """The request's client address is missing, empty or not an address."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -50,25 +62,42 @@ def mask_ip(address: str, ipv4_mask: int, ipv6_mask: int) -> str | None:
     return str(network.network_address) if prefix < ip.max_prefixlen else str(ip)
 
 
-def client_ip(request: HttpRequest) -> str | None:
-    """The client address, from REMOTE_ADDR or IP_META_KEY, masked."""
+def client_ip(request: HttpRequest) -> str:
+    """The client address, from REMOTE_ADDR or IP_META_KEY, masked.
+
+    Raises MissingClientAddress when there is none to be had (see the module doc).
+    """
     source = conf.IP_META_KEY
     raw: Any
     if source is None:
+        where = "REMOTE_ADDR"
         raw = request.META.get("REMOTE_ADDR")
     elif callable(source):
+        where = f"the IP_META_KEY callable {getattr(source, '__qualname__', source)!r}"
         raw = source(request)
     elif "." in source:
+        where = f"the IP_META_KEY callable {source!r}"
         raw = import_string(source)(request)
     else:
+        where = f"request.META[{source!r}] (IP_META_KEY)"
         raw = request.META.get(source)
         if isinstance(raw, str) and "," in raw:
             # X-Forwarded-For: the right-most entry was added by your own proxy;
             # the left-most is whatever the client chose to send.
             raw = raw.rsplit(",", 1)[1]
-    if not raw or not isinstance(raw, str):
-        return None
-    return mask_ip(raw, conf.IPV4_MASK, conf.IPV6_MASK)
+    masked = mask_ip(raw, conf.IPV4_MASK, conf.IPV6_MASK) if isinstance(raw, str) else None
+    if masked is None:
+        raise MissingClientAddress(_no_address(where, raw))
+    return masked
+
+
+def _no_address(where: str, raw: object) -> str:
+    found = "is missing" if raw is None else ("is empty" if raw == "" else f"is {raw!r:.60}")
+    return (
+        f"no client address for an ip limit: {where} {found}, so the request cannot be "
+        "counted. Behind a proxy (or a Unix socket, which leaves REMOTE_ADDR empty), set "
+        "DRATELIMIT['IP_META_KEY'] to the header your proxy sets, e.g. 'HTTP_X_FORWARDED_FOR'."
+    )
 
 
 def _user(group: str, request: HttpRequest) -> str | None:
@@ -86,8 +115,7 @@ def _user_or_ip(group: str, request: HttpRequest) -> str | None:
     user_key = _user(group, request)
     if user_key is not None:
         return f"user:{user_key}"
-    ip = client_ip(request)
-    return None if ip is None else f"ip:{ip}"
+    return f"ip:{client_ip(request)}"
 
 
 def _meta_key(name: str) -> str:
@@ -187,10 +215,16 @@ def normalize(value: object) -> str | None:
 
 
 def resolve_key(spec: object, group: str, request: HttpRequest) -> str | None:
-    """The key this request counts under, or None; a key function that raises is logged."""
+    """The key this request counts under, or None; a key function that raises is logged.
+
+    ImproperlyConfigured (no client address, a dotted path that does not
+    import) is raised: a configuration error must not turn a limit off.
+    """
     func = compile_key(spec)
     try:
         return normalize(func(group, request))
+    except ImproperlyConfigured:
+        raise
     except Exception:
         name = getattr(func, "__qualname__", repr(func))
         log_throttled(

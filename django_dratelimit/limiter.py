@@ -38,7 +38,8 @@ from .algorithms import (
 from .conf import conf
 from .logutil import log_throttled
 from .rates import Rate, parse_rate, parse_rate_string
-from .registry import known_periods, strict_groups
+from .registry import known_periods, known_scopes, strict_groups
+from .scopes import bucket, scoped_key
 from .store import CounterStore
 from .strict import StrictUnavailable, StrictUnsupported, get_strict_counter
 from .usage import Usage, combine, new_usage, window_usage
@@ -180,7 +181,9 @@ class Limiter:
         removed = self.store.reset(group, key)
         if group in strict_groups():
             try:
-                removed += get_strict_counter().reset(group, key, periods=known_periods(group))
+                removed += get_strict_counter().reset(
+                    group, key, periods=known_periods(group), scopes=known_scopes(group)
+                )
             except (StrictUnavailable, StrictUnsupported) as exc:
                 logger.warning("dratelimit: strict counters of %r not reset: %s", group, exc)
         return removed
@@ -196,30 +199,57 @@ class Limiter:
         cost: int,
         name: str = "",
         consistency: str = "eventual",
+        *,
+        scope: str | None = None,
+        stagger: bool = False,
     ) -> Usage:
+        """Decide for ``key``: the slow path of ``hit``, and what the decorator calls.
+
+        ``scope`` (see ``scopes``) keeps a count per limit and methods, as
+        django-ratelimit does; ``stagger`` shifts the key's windows from the epoch.
+        """
         if consistency == STRICT:
-            return self._check_strict(group, key, rates, algorithm, cost, name)
+            return self._check_strict(group, key, rates, algorithm, cost, name, scope, stagger)
         if not self._sync_checked:
             self._ensure_sync()
         now = self.clock()
         if algorithm in BUCKET_ALGORITHMS:
-            return self._check_buckets(group, key, rates, algorithm, cost, name, now)
+            return self._check_buckets(group, key, rates, algorithm, cost, name, now, scope)
         if len(rates) == 1:  # the common case: no list, no combining
-            return self._window_usage(group, key, rates[0], algorithm, cost, name, now)
-        usages = [self._window_usage(group, key, r, algorithm, cost, name, now) for r in rates]
+            return self._window_usage(
+                group, key, rates[0], algorithm, cost, name, now, scope, stagger
+            )
+        usages = [
+            self._window_usage(group, key, r, algorithm, cost, name, now, scope, stagger)
+            for r in rates
+        ]
         return combine(usages, algorithm, name)
 
     def _window_usage(
-        self, group: str, key: str, rate: Rate, algorithm: str, cost: int, name: str, now: float
+        self,
+        group: str,
+        key: str,
+        rate: Rate,
+        algorithm: str,
+        cost: int,
+        name: str,
+        now: float,
+        scope: str | None = None,
+        stagger: bool = False,
     ) -> Usage:
-        """Fixed and sliding windows: count in the epoch-aligned window containing ``now``."""
+        """Fixed and sliding windows: count in the window containing ``now``."""
         store = self.store
         period = rate.period
-        start = window_start(now, period)
-        bucket_key = (group, key, period, start)
+        if scope is None and not stagger:
+            stored, start = key, window_start(now, period)
+        else:
+            stored, start = bucket(group, key, rate.limit, period, now, scope, stagger)
+        bucket_key = (group, stored, period, start)
         current = store.add(bucket_key, cost, now) if cost else store.total(bucket_key)
         previous = (
-            store.total((group, key, period, start - period)) if algorithm == SLIDING_WINDOW else 0
+            store.total((group, stored, period, start - period))
+            if algorithm == SLIDING_WINDOW
+            else 0
         )
         return window_usage(group, key, rate, algorithm, name, now, start, current, previous)
 
@@ -231,17 +261,22 @@ class Limiter:
         algorithm: str,
         cost: int,
         name: str,
+        scope: str | None,
+        stagger: bool,
     ) -> Usage:
         """Exact across the cluster: one atomic round trip to the strict cache."""
         now = self.clock()
         try:
-            return get_strict_counter().check(group, key, rates, algorithm, cost, now, name)
+            return get_strict_counter().check(
+                group, key, rates, algorithm, cost, now, name, scope=scope, stagger=stagger
+            )
         except StrictUnavailable:
             # Already logged (throttled) by the counter; STRICT_FAIL_OPEN decides.
             fail_open = conf.STRICT_FAIL_OPEN
             usages = []
             for rate in rates:
-                end = window_start(now, rate.period) + rate.period
+                _, start = bucket(group, key, rate.limit, rate.period, now, None, stagger)
+                end = start + rate.period
                 usages.append(
                     new_usage(
                         group,
@@ -267,18 +302,22 @@ class Limiter:
         cost: int,
         name: str,
         now: float,
+        scope: str | None,
     ) -> Usage:
-        """Token and leaky buckets: tokens are only taken when every rate has them."""
+        """Token and leaky buckets: tokens are only taken when every rate has them.
+
+        A bucket refills continuously: it has no window to stagger.
+        """
+
+        def usage(rate: Rate, take: bool) -> Usage:
+            return self._bucket_usage(group, key, rate, algorithm, cost, name, now, take, scope)
+
         if len(rates) == 1:
-            return self._bucket_usage(group, key, rates[0], algorithm, cost, name, now, cost > 0)
-        probes = [
-            self._bucket_usage(group, key, r, algorithm, cost, name, now, False) for r in rates
-        ]
+            return usage(rates[0], cost > 0)
+        probes = [usage(r, False) for r in rates]
         usages = probes
         if cost > 0 and not any(u.should_limit for u in probes):
-            usages = [
-                self._bucket_usage(group, key, r, algorithm, cost, name, now, True) for r in rates
-            ]
+            usages = [usage(r, True) for r in rates]
         return combine(usages, algorithm, name)
 
     def _bucket_usage(
@@ -291,12 +330,14 @@ class Limiter:
         name: str,
         now: float,
         take: bool,
+        scope: str | None = None,
     ) -> Usage:
         period, capacity = rate.period, rate.limit
+        stored = key if scope is None else scoped_key(key, capacity, period, scope)
         length = epoch_length(period)
         start = window_start(now, length)
         elapsed = now - start
-        previous = self.store.read((group, key, length, start - length))
+        previous = self.store.read((group, stored, length, start - length))
         start_level = carried_level(*previous, capacity, period)
         outcome: list[Decision] = []
 
@@ -307,7 +348,7 @@ class Limiter:
             # Rounding the register up only ever lowers the level: never over-admits.
             return (cost if admitted and take else 0), math.ceil(level.register * REGISTER_SCALE)
 
-        bucket_key = (group, key, length, start)
+        bucket_key = (group, stored, length, start)
         if take:
             self.store.take(bucket_key, now, decide)
         else:

@@ -1,4 +1,7 @@
-"""``RateLimitMiddleware``: applies RULES and turns Ratelimited into a 429."""
+"""``RateLimitMiddleware``: applies RULES and turns Ratelimited into a 429.
+
+``RatelimitMiddleware`` is the same class under django-ratelimit's name.
+"""
 
 from __future__ import annotations
 
@@ -104,6 +107,8 @@ class RateLimitMiddleware:
                 cost,
                 rule.name,
                 rule.consistency,
+                scope=rule.scope,
+                stagger=conf.STAGGER_WINDOWS,
             )
             record(request, usage)
             if usage.should_limit and rule.block:
@@ -118,3 +123,12 @@ class RateLimitMiddleware:
         if usages and conf.HEADERS and "RateLimit" not in response.headers:
             set_headers(response, most_restrictive(usages))
         return response
+
+
+class RatelimitMiddleware(RateLimitMiddleware):
+    """django-ratelimit's middleware, under its class name.
+
+    Like django-ratelimit's, it turns ``Ratelimited`` into the response of
+    ``VIEW`` (``RATELIMIT_VIEW``). Being ``RateLimitMiddleware``, it also
+    applies ``RULES`` (none unless you add some) and sets the RateLimit headers.
+    """

@@ -1,4 +1,4 @@
-"""Parse rate specifications such as ``"5/m"``, ``"10/5m"`` or ``"10/s;500/h"``."""
+"""Parse rate specifications such as ``"5/m"``, ``"10/5m"``, ``"100/10"`` or ``"10/s;500/h"``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from .exceptions import ConfigurationError
 from .loading import import_callable
 from .logutil import log_throttled
 
@@ -22,10 +23,11 @@ UNIT_NAMES: dict[str, str] = {"s": "second", "m": "minute", "h": "hour", "d": "d
 MAX_PERIOD = 31 * 86400
 MAX_LIMIT = 10**9
 
-_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-zA-Z]+)\s*$")
+# COUNT/[MULTIPLE]UNIT, or COUNT/SECONDS without a unit (django-ratelimit's "100/10").
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-zA-Z]*)\s*$")
 
 
-class InvalidRate(ValueError):
+class InvalidRate(ConfigurationError):
     """A rate specification that cannot be understood."""
 
 
@@ -66,15 +68,16 @@ def parse_rate_string(text: str) -> tuple[Rate, ...]:
     rates = []
     for part in parts:
         match = _RATE_RE.match(part)
-        if match is None:
+        if match is None or not (match[2] or match[3]):
             raise InvalidRate(
-                f"rate {part.strip()!r} is malformed; expected COUNT/[MULTIPLE]UNIT, e.g. "
-                "'5/m' or '10/5m'"
+                f"rate {part.strip()!r} is malformed; expected COUNT/[MULTIPLE]UNIT or "
+                "COUNT/SECONDS, e.g. '5/m', '10/5m' or '100/10'"
             )
         count, multiple, unit = match.groups()
         # Cap the digits before int(): Python refuses to parse over 4,300 of them.
         count = count if len(count) <= 12 else "9" * 12
         multiple = multiple if len(multiple) <= 12 else "9" * 12
+        unit = unit or "s"  # "100/10": seconds, as django-ratelimit reads it
         if unit not in UNITS:
             raise InvalidRate(
                 f"rate {part.strip()!r} has an unknown unit {unit!r}; use s, m, h or d "
@@ -111,6 +114,14 @@ def parse_rate(value: object) -> tuple[Rate, ...] | None:
     )
 
 
+def split_rate(value: object) -> tuple[int, int]:
+    """``(count, seconds)`` of one static rate, as django-ratelimit's ``_split_rate`` gives."""
+    rates = parse_rate(value)
+    if rates is None or len(rates) != 1:
+        raise InvalidRate(f"rate {value!r} is not one rate")
+    return rates[0].limit, rates[0].period
+
+
 def is_dynamic(value: object) -> bool:
     """True for a callable or a dotted path: rates that depend on the request."""
     if callable(value):
@@ -119,12 +130,18 @@ def is_dynamic(value: object) -> bool:
 
 
 def load_rate_callable(value: object) -> Callable[[str, HttpRequest], Any]:
-    """Resolve a callable or a dotted path to one."""
+    """Resolve a callable or a dotted path to one (imported once, on first use)."""
     if callable(value):
         return value
     if isinstance(value, str):
-        return import_callable(value, "rate", InvalidRate)
+        return _import_rate(value)
     raise InvalidRate(f"rate {value!r} is not callable")
+
+
+@functools.lru_cache(maxsize=1024)
+def _import_rate(path: str) -> Callable[[str, HttpRequest], Any]:
+    # A failed import is not cached: the next request tries again.
+    return import_callable(path, "rate", InvalidRate)
 
 
 def validate_rate(value: object) -> None:
@@ -140,12 +157,15 @@ def resolve_rate(value: object, group: str, request: HttpRequest | None) -> tupl
 
     A rate callable that raises, or returns something that is not a rate, is
     logged and the request is not limited by it (as for a key function that
-    raises): a bug in user code must not turn every request into a 500.
+    raises): a bug in user code must not turn every request into a 500. A
+    dotted path that does not import is a configuration error, raised as
+    ``InvalidRate`` (ImproperlyConfigured): a limit must not vanish silently.
     """
     if not is_dynamic(value):
         return parse_rate(value)
+    func = load_rate_callable(value)
     try:
-        return parse_rate(load_rate_callable(value)(group, request))  # type: ignore[arg-type]
+        return parse_rate(func(group, request))  # type: ignore[arg-type]
     except Exception:
         log_throttled(
             f"rate:{group}",

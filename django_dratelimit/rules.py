@@ -16,6 +16,7 @@ from .costs import compile_cost
 from .keys import compile_key
 from .rates import is_dynamic, parse_rate
 from .registry import register
+from .scopes import method_scope
 
 RULE_FIELDS = {
     "name",
@@ -42,6 +43,8 @@ class Rule:
     block: bool
     cost: Any = 1
     consistency: str = EVENTUAL
+    # Counted like a decorator with these methods (scopes.py), so get_usage() reads it.
+    scope: str = ""
 
     def matches(self, path: str, method: str | None) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -58,7 +61,8 @@ def compile_rule(raw: dict[str, Any]) -> Rule:
     compile_key(raw["key"])
     if not is_dynamic(raw["rate"]):
         parse_rate(raw["rate"])
-    register(str(raw["name"]), raw["rate"], strict=consistency == STRICT)
+    scope = method_scope(sorted(methods)) if methods is not None else ""
+    register(str(raw["name"]), raw["rate"], strict=consistency == STRICT, scope=scope)
     return Rule(
         name=str(raw["name"]),
         path=re.compile(raw["path"]) if raw.get("path") is not None else None,
@@ -69,6 +73,7 @@ def compile_rule(raw: dict[str, Any]) -> Rule:
         block=bool(raw.get("block", True)),
         cost=compile_cost(raw.get("cost", 1)),
         consistency=consistency,
+        scope=scope,
     )
 
 

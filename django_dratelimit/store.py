@@ -7,7 +7,9 @@ which makes lost, repeated and reordered sync messages harmless.
 
 A reset is a *generation*: the wall-clock time (ns) of the reset, kept per key
 or per group. Buckets of an older generation are dropped and can never come
-back through a merge, so a reset wins over the max-merge cluster-wide.
+back through a merge, so a reset wins over the max-merge cluster-wide. A key
+reset also covers that key's scoped variants (``scopes.base_key``), which
+``@ratelimit`` counts in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
+
+from .scopes import base_key
 
 logger = logging.getLogger("django_dratelimit")
 
@@ -202,7 +206,11 @@ class CounterStore:
         return bucket
 
     def _generation(self, group: str, key: str) -> int:
-        return max(self._key_gens.get((group, key), 0), self._group_gens.get(group, 0))
+        generation = max(self._key_gens.get((group, key), 0), self._group_gens.get(group, 0))
+        if key[-1:] == "]" and self._key_gens:
+            # A scoped key ("k [5/60s GET]") is reset by a reset of "k".
+            generation = max(generation, self._key_gens.get((group, base_key(key)), 0))
+        return generation
 
     def _sweep(self, now: float) -> None:
         """Drop buckets whose window (kept one extra period for sliding windows) ended."""
@@ -416,7 +424,9 @@ class CounterStore:
         doomed = [
             k
             for k, b in self._buckets.items()
-            if k[0] == group and (key is None or k[1] == key) and b.generation < generation
+            if k[0] == group
+            and (key is None or k[1] == key or base_key(k[1]) == key)
+            and b.generation < generation
         ]
         for bucket_key in doomed:
             del self._buckets[bucket_key]

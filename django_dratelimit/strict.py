@@ -2,9 +2,9 @@
 
 A rule with ``"consistency": "strict"`` counts in the cache named by
 ``DRATELIMIT["STRICT_CACHE"]`` instead of the process's own store. Buckets are
-the local mode's ``(group, key, period, window start)``, with the same
-epoch-aligned windows, and :meth:`StrictCounter.check` answers with the same
-``Usage`` as ``Limiter.check``.
+the local mode's ``(group, key, period, window start)``, with the same windows
+and scoped keys (see ``scopes``), and :meth:`StrictCounter.check` answers with
+the same ``Usage`` as ``Limiter.check``.
 
 How each backend counts:
 
@@ -43,6 +43,7 @@ from .algorithms import FIXED_WINDOW, SLIDING_WINDOW
 from .conf import conf
 from .logutil import log_throttled
 from .rates import Rate
+from .scopes import bucket, scoped_key, window_offset
 from .store import BucketKey
 from .usage import Usage, combine, window_usage
 
@@ -119,6 +120,9 @@ def _uncomponent(component: str) -> str:
     if component.startswith("="):
         return component  # a hashed long value: the original is not recoverable
     return unquote(component, errors="surrogatepass")
+
+
+_SCOPE_MARK = quote(" [", safe="") + "*"
 
 
 def cache_key(bucket_key: BucketKey) -> str:
@@ -218,17 +222,19 @@ class _RedisBackend:
         return [int(value) if value is not None else 0 for value in values]
 
     def delete(self, group: str, key: str | None) -> int:
-        middle = "*" if key is None else _component(key)
-        pattern = self.pattern(f"{PREFIX}:{_component(group)}:{middle}:*")
+        # A key's scoped variants ("k [5/60s GET]") escape to the key, then "%20%5B".
+        middles = ["*"] if key is None else [_component(key), _component(key) + _SCOPE_MARK]
         deleted = 0
-        batch: list[bytes] = []
-        for raw in self.client.scan_iter(match=pattern, count=_CHUNK):
-            batch.append(raw)
-            if len(batch) == _CHUNK:
+        for middle in middles:
+            pattern = self.pattern(f"{PREFIX}:{_component(group)}:{middle}:*")
+            batch: list[bytes] = []
+            for raw in self.client.scan_iter(match=pattern, count=_CHUNK):
+                batch.append(raw)
+                if len(batch) == _CHUNK:
+                    deleted += int(self.client.delete(*batch))
+                    batch = []
+            if batch:
                 deleted += int(self.client.delete(*batch))
-                batch = []
-        if batch:
-            deleted += int(self.client.delete(*batch))
         return deleted
 
     def live(self, group: str | None, key_substring: str | None) -> list[tuple[BucketKey, int]]:
@@ -376,22 +382,22 @@ class StrictCounter:
         cost: int,
         now: float,
         name: str = "",
+        *,
+        scope: str | None = None,
+        stagger: bool = False,
     ) -> Usage:
         """``Limiter.check`` with the counts in the strict cache: one round trip per request."""
         if algorithm not in STRICT_ALGORITHMS:
             raise StrictUnsupported(f"strict mode counts windows; {algorithm!r} is not one")
         sliding = algorithm == SLIDING_WINDOW
-        starts = [int(now // rate.period) * rate.period for rate in rates]
+        placed = [bucket(group, key, r.limit, r.period, now, scope, stagger) for r in rates]
+        starts = [start for _, start in placed]
         buckets = [
-            (group, key, rate.period, start) for rate, start in zip(rates, starts, strict=True)
+            (group, stored, rate.period, start)
+            for rate, (stored, start) in zip(rates, placed, strict=True)
         ]
         previous = (
-            [
-                (group, key, rate.period, start - rate.period)
-                for rate, start in zip(rates, starts, strict=True)
-            ]
-            if sliding
-            else []
+            [(g, k, period, start - period) for g, k, period, start in buckets] if sliding else []
         )
         # A sliding window's counter is read as the previous one during the next window.
         expires_in = [
@@ -433,15 +439,18 @@ class StrictCounter:
         key: str | None = None,
         *,
         periods: Iterable[int] = (),
+        scopes: Iterable[tuple[int, int, str]] = (),
         now: float | None = None,
     ) -> int:
         """Delete the counters of ``key`` in ``group`` (or of the whole group); return how many.
 
         On Redis the counters are found with SCAN. Other backends cannot list
-        keys: they need ``key`` and the rule's ``periods``, and delete the
-        windows around ``now``; a whole group raises StrictUnsupported.
+        keys: they need ``key`` and the rule's ``periods`` (and the decorators'
+        ``scopes``: limit, period, methods), and delete the windows around
+        ``now``, epoch-aligned and staggered; a whole group raises StrictUnsupported.
         """
         periods = tuple(periods)
+        scopes = tuple(scopes)
 
         def delete(backend: _Backend) -> int:
             if isinstance(backend, _RedisBackend):
@@ -451,15 +460,18 @@ class StrictCounter:
                     f"cache {self.alias!r} cannot list its keys, so a whole group cannot be "
                     "reset: reset each key, or use django-redis for STRICT_CACHE"
                 )
-            if not periods:
+            if not periods and not scopes:
                 raise StrictUnsupported(
                     f"cache {self.alias!r} cannot list its keys: give the rule's periods"
                 )
             at = time.time() if now is None else now
+            stored = [(key, period) for period in periods]
+            stored += [(scoped_key(key, lim, period, sc), period) for lim, period, sc in scopes]
             buckets = [
-                (group, key, period, int(at // period) * period + shift * period)
-                for period in periods
-                for shift in (-1, 0, 1)  # the previous window, and a peer's clock ahead
+                (group, name, period, int((at - offset) // period) * period + offset + shift)
+                for name, period in stored
+                for offset in {0, window_offset(group, key, period)}
+                for shift in (-period, 0, period)  # the previous window, a peer's clock ahead
             ]
             return backend.delete_buckets(buckets)
 

@@ -13,7 +13,7 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from django_dratelimit import ratelimit
+from django_dratelimit import get_usage, ratelimit
 from django_dratelimit.algorithms import ALGORITHMS, FIXED_WINDOW
 from django_dratelimit.limiter import get_limiter
 
@@ -82,11 +82,15 @@ def state(request: HttpRequest) -> JsonResponse:
         return _bad_request("delay must be a number of seconds")
     if algorithm not in ALGORITHMS:
         return _bad_request(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-    limiter = get_limiter()
     try:
-        usage = limiter.get(group, key, rate, algorithm=algorithm)
+        # Read where @ratelimit counts (per rate, in the key's staggered window): with
+        # get_usage and a key that names the counter, not with limiter.get().
+        usage = get_usage(request, group, key=lambda g, r: key, rate=rate, algorithm=algorithm)
     except ValueError as exc:  # InvalidRate is one
         return _bad_request(str(exc))
+    if usage is None:
+        return _bad_request(f"rate {rate!r} is no limit")
+    limiter = get_limiter()
     # Read after get(): the first use of the limiter is what starts the sync thread.
     sync = limiter.sync
     node = sync.node if sync is not None and sync.is_alive() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_GET, require_http_methods
 from django.views.generic import TemplateView
 
-from django_dratelimit import Usage, get_usage, ratelimit
+from django_dratelimit import UsageDict, get_usage, ratelimit
 from django_dratelimit.conf import conf
 from django_dratelimit.limiter import get_limiter
 from django_dratelimit.rates import InvalidRate, parse_rate
@@ -40,7 +41,18 @@ class UsageRow:
     limited_by: str
     key: str
     rate: str
-    usage: Usage | None
+    usage: UsageDict | None
+
+
+def post_usage(request: HttpRequest, **kwargs: Any) -> UsageDict | None:
+    """The usage of a POST-only limit, read on this (GET) request without counting.
+
+    A limit counts apart per method, as in django-ratelimit, and ``get_usage``
+    with ``method="POST"`` gives None for a GET: ask on a POST copy instead.
+    """
+    as_post = copy.copy(request)
+    as_post.method = "POST"
+    return get_usage(as_post, method="POST", **kwargs)
 
 
 def api_rule_rate() -> str | None:
@@ -65,8 +77,6 @@ def curl_count(rate: str | None) -> int:
 def home(request: HttpRequest) -> HttpResponse:
     api_rate = api_rule_rate()
     # increment=False: looking at the counters must not count as a visit.
-    # Rate-limited with method="POST", comment's usage is asked for without a
-    # method so that it shows on this GET page too.
     rows = [
         UsageRow(
             "Decorated view",
@@ -82,7 +92,7 @@ def home(request: HttpRequest) -> HttpResponse:
             '@ratelimit(method="POST")',
             "ip",
             COMMENT_RATE,
-            get_usage(request, fn=comment, key="ip", rate=COMMENT_RATE),
+            post_usage(request, fn=comment, key="ip", rate=COMMENT_RATE),
         ),
         UsageRow(
             "API, settings rule",
@@ -148,7 +158,7 @@ def comment(request: HttpRequest) -> HttpResponse:
             return redirect("comment")
     else:
         form = CommentForm()
-    usage = get_usage(request, fn=comment, key="ip", rate=COMMENT_RATE)
+    usage = post_usage(request, fn=comment, key="ip", rate=COMMENT_RATE)
     return render(
         request, "testproject/comment.html", {"form": form, "usage": usage, "rate": COMMENT_RATE}
     )

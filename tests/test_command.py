@@ -631,7 +631,7 @@ def test_local_only_configurations_say_so(overrides: dict[str, Any], why: str) -
                 "from another process with "
             )
             assert re.search(why, message)
-            assert "channels_redis.pubsub.RedisPubSubChannelLayer" in message
+            assert "django_dratelimit.layers.RedisPubSubChannelLayer" in message
             assert "Running a cluster" in message
 
 

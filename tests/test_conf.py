@@ -9,6 +9,7 @@ import pytest
 from django.test import override_settings
 from pytest_django import Settings as SettingsFixture
 
+from django_dratelimit import conf as conf_module
 from django_dratelimit import views
 from django_dratelimit.conf import DEFAULTS, Settings, conf, site_group
 
@@ -30,6 +31,8 @@ CASES: list[tuple[str, Any, Any]] = [
     ("IPV4_MASK", 32, 24),
     ("IPV6_MASK", 64, 48),
     ("MAX_KEYS", 100_000, 10),
+    ("EXCEPTION_CLASS", None, "tests.views.CustomLimited"),
+    ("STAGGER_WINDOWS", True, False),
     ("CHANNEL_LAYER", "default", None),
     ("GROUP", None, "other-group"),  # None: site_group()
     ("SYNC_INTERVAL", 0.05, 0.0),
@@ -147,3 +150,50 @@ def test_nested_overrides() -> None:
         with override_settings(DRATELIMIT={"ENABLED": False}):
             assert (conf.ENABLED, conf.ALGORITHM) == (False, "fixed_window")
         assert (conf.ENABLED, conf.ALGORITHM) == (True, "sliding_window")
+
+
+# -- django-ratelimit's settings, read under their old names ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "value", "name", "read"),
+    [
+        ("RATELIMIT_ENABLE", False, "ENABLED", False),
+        ("RATELIMIT_ENABLE", 0, "ENABLED", False),  # django-ratelimit reads it as truthy
+        ("RATELIMIT_VIEW", "tests.views.custom_limited", "VIEW", "tests.views.custom_limited"),
+        ("RATELIMIT_IP_META_KEY", "HTTP_X_REAL_IP", "IP_META_KEY", "HTTP_X_REAL_IP"),
+        ("RATELIMIT_IP_META_KEY", "", "IP_META_KEY", None),  # empty: REMOTE_ADDR
+        ("RATELIMIT_IPV4_MASK", 24, "IPV4_MASK", 24),
+        ("RATELIMIT_IPV6_MASK", 48, "IPV6_MASK", 48),
+        ("RATELIMIT_EXCEPTION_CLASS", "a.B", "EXCEPTION_CLASS", "a.B"),
+        ("RATELIMIT_USE_CACHE", "redis", "STRICT_CACHE", "redis"),
+        ("RATELIMIT_FAIL_OPEN", True, "STRICT_FAIL_OPEN", True),
+    ],
+)
+def test_old_settings_are_read_as_fallbacks(old: str, value: Any, name: str, read: Any) -> None:
+    assert getattr(conf, name) == resolved(name)
+    with override_settings(**{old: value}):
+        assert getattr(conf, name) == read
+        # The DRATELIMIT key wins (checks_compat reports setting both as an error).
+        with override_settings(DRATELIMIT={name: resolved(name)}):
+            assert getattr(conf, name) == resolved(name)
+    assert getattr(conf, name) == resolved(name)
+
+
+def test_old_settings_belong_to_django_ratelimit_while_it_is_installed(
+    settings: SettingsFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.RATELIMIT_ENABLE = False
+    assert conf.ENABLED is False
+    monkeypatch.setattr(conf_module, "ratelimit_installed", lambda: True)
+    conf.clear()
+    assert conf.ENABLED is True
+    conf.clear()
+
+
+def test_django_ratelimit_counts_as_installed_by_name_or_app_config() -> None:
+    # Not through override_settings: installing it would register its own checks for good.
+    assert not conf_module.ratelimit_installed()
+    assert conf_module.ratelimit_installed(["django_ratelimit"])
+    assert conf_module.ratelimit_installed(["django_ratelimit.apps.DjangoRatelimitConfig"])
+    assert not conf_module.ratelimit_installed(["django_ratelimit_extra", "django_dratelimit"])

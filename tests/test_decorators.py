@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, Client, RequestFactory, override_settings
 
@@ -16,6 +16,7 @@ from django_dratelimit.keys import InvalidKey
 from django_dratelimit.limiter import Limiter
 from django_dratelimit.rates import InvalidRate
 from tests import views
+from tests.scoped import counted, into_window
 
 if TYPE_CHECKING:
     from pytest_django import Settings
@@ -48,14 +49,15 @@ def test_sync_view_admits_limit_then_429(client: Client, limiter: Limiter) -> No
 
 
 def test_limited_response_carries_retry_after_from_the_clock(
-    client: Client, limiter: Limiter
+    client: Client, limiter: Limiter, clock: FakeClock
 ) -> None:
+    # 10 s into this key's (staggered) minute: the window ends in 50 s.
+    clock.now = into_window("tests.views.sync_view", "127.0.0.1", 60, clock.now, 10)
     client.get("/sync/")
     client.get("/sync/")
     response = client.get("/sync/")
 
     assert response.status_code == 429
-    # The fake clock stands 10 s into a minute: the window ends in 50 s.
     assert response.headers["Retry-After"] == "50"
     assert response.headers["RateLimit"] == '"tests.views.sync_view";r=0;t=50'
 
@@ -171,13 +173,13 @@ def test_default_group_is_the_views_dotted_path(client: Client, limiter: Limiter
     response = client.get("/sync/")
 
     assert response.headers["RateLimit-Policy"] == '"tests.views.sync_view";q=2;w=60'
-    assert limiter.get("tests.views.sync_view", "127.0.0.1", "2/m").count == 1
+    assert counted(limiter, "tests.views.sync_view", "127.0.0.1", "2/m") == 1
 
 
 def test_default_group_of_a_class_based_view_method(client: Client, limiter: Limiter) -> None:
     client.post("/cbv/")
 
-    assert limiter.get("tests.views.LimitedView.post", "127.0.0.1", "2/m").count == 1
+    assert counted(limiter, "tests.views.LimitedView.post", "127.0.0.1", "2/m", "POST") == 1
 
 
 def test_explicit_group_shares_counters_between_views(client: Client, limiter: Limiter) -> None:
@@ -185,7 +187,7 @@ def test_explicit_group_shares_counters_between_views(client: Client, limiter: L
     assert client.get("/shared/b/").status_code == 200
     assert client.get("/shared/a/").status_code == 429
     assert client.get("/shared/b/").status_code == 429
-    assert limiter.get("shared", "127.0.0.1", "2/m").count == 4
+    assert counted(limiter, "shared", "127.0.0.1", "2/m") == 4
 
 
 def test_different_default_groups_do_not_share(client: Client, limiter: Limiter) -> None:
@@ -199,7 +201,7 @@ def test_different_default_groups_do_not_share(client: Client, limiter: Limiter)
 def test_ip_key_counts_each_remote_addr_separately(client: Client, limiter: Limiter) -> None:
     assert statuses(client, "/sync/", 3, REMOTE_ADDR="203.0.113.7") == [200, 200, 429]
     assert statuses(client, "/sync/", 2, REMOTE_ADDR="203.0.113.8") == [200, 200]
-    assert limiter.get("tests.views.sync_view", "203.0.113.7", "2/m").count == 3
+    assert counted(limiter, "tests.views.sync_view", "203.0.113.7", "2/m") == 3
 
 
 def test_header_key(client: Client, limiter: Limiter) -> None:
@@ -220,7 +222,7 @@ def test_user_key_limits_logged_in_users_each_on_their_own(
     assert statuses(client, "/key/user/", 2) == [200, 429]
     client.force_login(bob)
     assert statuses(client, "/key/user/", 2) == [200, 429]
-    assert limiter.get("tests.views.user_key_view", str(alice.pk), "1/m").count == 2
+    assert counted(limiter, "tests.views.user_key_view", str(alice.pk), "1/m") == 2
 
 
 @pytest.mark.django_db
@@ -266,6 +268,7 @@ def test_callable_rate_returning_none_disables_the_limit(
 
 
 def test_multi_rate_each_rate_applies(client: Client, limiter: Limiter, clock: FakeClock) -> None:
+    clock.now = into_window("tests.views.multi_rate_view", "127.0.0.1", 60, clock.now, 10)
     assert statuses(client, "/rate/multi/", 3) == [200, 200, 429]  # 2/s
     clock.advance(1)
     limited = client.get("/rate/multi/")  # the 4th hit this minute: 3/m
@@ -278,6 +281,7 @@ def test_multi_rate_each_rate_applies(client: Client, limiter: Limiter, clock: F
 def test_sliding_window_weighs_the_previous_window(
     client: Client, limiter: Limiter, clock: FakeClock
 ) -> None:
+    clock.now = into_window("tests.views.sliding_view", "127.0.0.1", 60, clock.now, 10)
     assert statuses(client, "/algo/sliding/", 2) == [200, 200]
     assert statuses(client, "/algo/fixed/", 2) == [200, 200]
     clock.advance(80)  # half-way through the next minute: half the previous count remains
@@ -289,6 +293,7 @@ def test_sliding_window_weighs_the_previous_window(
 def test_fixed_window_resets_at_the_boundary(
     client: Client, limiter: Limiter, clock: FakeClock
 ) -> None:
+    clock.now = into_window("tests.views.sync_view", "127.0.0.1", 60, clock.now, 10)
     assert statuses(client, "/sync/", 3) == [200, 200, 429]
     clock.advance(49.5)
     assert statuses(client, "/sync/", 1) == [429]
@@ -304,21 +309,21 @@ def test_fixed_window_resets_at_the_boundary(
     [
         ({"key": "nope", "rate": "1/m"}, InvalidKey),
         ({"key": "cookie:session", "rate": "1/m"}, InvalidKey),
-        ({"key": "tests.views.does_not_exist", "rate": "1/m"}, InvalidKey),
         ({"key": 42, "rate": "1/m"}, InvalidKey),
         ({"key": "ip", "rate": "5/M"}, InvalidRate),
         ({"key": "ip", "rate": "five per minute"}, InvalidRate),
         ({"key": "ip", "rate": "5/0m"}, InvalidRate),
         ({"key": "ip", "rate": (5, 0)}, InvalidRate),
         ({"key": "ip", "rate": "1/m", "algorithm": "token_bucket_2000"}, ValueError),
-        ({"rate": "1/m"}, TypeError),
+        ({"key": "ip", "rate": "1/m", "cost": 0}, ValueError),
     ],
 )
 def test_bad_arguments_raise_at_decoration_time(
     kwargs: dict[str, Any], error: type[Exception]
 ) -> None:
-    with pytest.raises(error):
+    with pytest.raises(error) as info:
         ratelimit(**kwargs)
+    assert isinstance(info.value, ImproperlyConfigured)  # as django-ratelimit raises
 
 
 def test_rate_none_means_no_limit(rf: RequestFactory, limiter: Limiter) -> None:
@@ -378,6 +383,7 @@ def test_get_usage_counts_and_reports(rf: RequestFactory, limiter: Limiter) -> N
 def test_get_usage_is_a_mapping_with_the_django_ratelimit_keys(
     rf: RequestFactory, limiter: Limiter, clock: FakeClock
 ) -> None:
+    clock.now = into_window("g", "127.0.0.1", 60, clock.now, 10)
     usage = get_usage(rf.get("/"), "g", key="ip", rate="5/m", increment=True)
 
     assert usage is not None
@@ -463,6 +469,7 @@ def test_get_usage_names_the_group_after_fn(rf: RequestFactory, limiter: Limiter
 
 
 def test_get_usage_algorithm(rf: RequestFactory, limiter: Limiter, clock: FakeClock) -> None:
+    clock.now = into_window("g", "127.0.0.1", 60, clock.now, 10)
     request = rf.get("/")
     for _ in range(2):
         get_usage(request, "g", key="ip", rate="2/m", increment=True, algorithm="sliding_window")
@@ -488,11 +495,30 @@ def test_get_usage_argument_errors(
         get_usage(rf.get("/"), **kwargs)
 
 
-def test_a_dotted_path_rate_that_does_not_import_fails_at_decoration() -> None:
-    from django_dratelimit.rates import InvalidRate
-
+def test_a_dotted_path_rate_that_does_not_import_fails_on_the_request(
+    rf: RequestFactory, limiter: Limiter
+) -> None:
+    # Imported on the first request (a views module may name what it defines later);
+    # ImproperlyConfigured then, never "no limit". manage.py check reports it (E027).
+    view = ratelimit(key="ip", rate="tests.no_such_module.rate")(views.open_view)
     with pytest.raises(InvalidRate, match="does not import"):
-        ratelimit(key="ip", rate="tests.no_such_module.rate")
+        view(rf.get("/"))
+
+
+def test_a_dotted_path_key_that_does_not_import_fails_on_the_request(
+    rf: RequestFactory, limiter: Limiter
+) -> None:
+    view = ratelimit(key="tests.views.does_not_exist", rate="1/m")(views.open_view)
+    with pytest.raises(InvalidKey, match="does not import"):
+        view(rf.get("/"))
+
+
+def test_a_missing_key_fails_on_the_request_as_in_django_ratelimit(
+    rf: RequestFactory, limiter: Limiter
+) -> None:
+    view = ratelimit(rate="1/m")(views.open_view)
+    with pytest.raises(ImproperlyConfigured, match="needs a key"):
+        view(rf.get("/"))
 
 
 def test_decorated_groups_register_their_static_rates() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.test import RequestFactory, override_settings
 
@@ -15,6 +16,7 @@ from django_dratelimit import logutil
 from django_dratelimit.keys import (
     MAX_KEY_BYTES,
     InvalidKey,
+    MissingClientAddress,
     client_ip,
     compile_key,
     mask_ip,
@@ -148,20 +150,29 @@ def test_ipv4_mapped_and_plain_ipv4_share_a_key(rf: RequestFactory) -> None:
     "address",
     ["", "unknown", "not-an-ip", "999.1.1.1", "1.2.3", "1.2.3.4.5", "2001:db8::g", "[::1", "a:b"],
 )
-def test_invalid_addresses_give_no_key(rf: RequestFactory, address: str) -> None:
+def test_invalid_addresses_are_a_configuration_error(rf: RequestFactory, address: str) -> None:
+    # An ip limit that cannot find the address must not silently stop limiting.
     assert mask_ip(address, 32, 64) is None
-    assert resolve_key("ip", "g", _request(rf, address)) is None
+    with pytest.raises(MissingClientAddress, match="REMOTE_ADDR") as info:
+        resolve_key("ip", "g", _request(rf, address))
+    assert isinstance(info.value, ImproperlyConfigured)
+    assert ("is empty" if address == "" else repr(address)) in str(info.value)
+    assert "IP_META_KEY" in str(info.value)  # says how to fix it
 
 
-def test_missing_remote_addr_gives_no_key(rf: RequestFactory) -> None:
-    assert resolve_key("ip", "g", _request(rf, None)) is None
+def test_missing_remote_addr_is_a_configuration_error(rf: RequestFactory) -> None:
+    with pytest.raises(MissingClientAddress, match="REMOTE_ADDR is missing"):
+        resolve_key("ip", "g", _request(rf, None))
+    with pytest.raises(MissingClientAddress, match="REMOTE_ADDR is missing"):
+        client_ip(_request(rf, None))
 
 
 @override_settings(DRATELIMIT={"IP_META_KEY": "HTTP_X_REAL_IP"})
 def test_ip_meta_key_names_a_meta_entry(rf: RequestFactory) -> None:
     request = _request(rf, "10.0.0.1", HTTP_X_REAL_IP="198.51.100.9")
     assert resolve_key("ip", "g", request) == "198.51.100.9"
-    assert resolve_key("ip", "g", _request(rf, "10.0.0.1")) is None
+    with pytest.raises(MissingClientAddress, match=r"request.META\['HTTP_X_REAL_IP'\]"):
+        resolve_key("ip", "g", _request(rf, "10.0.0.1"))
 
 
 @override_settings(DRATELIMIT={"IP_META_KEY": "HTTP_X_FORWARDED_FOR"})
@@ -172,15 +183,21 @@ def test_ip_meta_key_names_a_meta_entry(rf: RequestFactory) -> None:
         ("1.1.1.1, 198.51.100.9", "198.51.100.9"),
         ("6.6.6.6,1.1.1.1,  198.51.100.9", "198.51.100.9"),
         ("spoofed, 198.51.100.9:1234", "198.51.100.9"),
-        ("198.51.100.9, garbage", None),
         ("2001:db8::1, [2001:db8:0:5::1]:443", "2001:db8:0:5::"),
     ],
 )
 def test_x_forwarded_for_uses_the_right_most_entry(
-    rf: RequestFactory, forwarded: str, expected: str | None
+    rf: RequestFactory, forwarded: str, expected: str
 ) -> None:
     request = _request(rf, "10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
     assert resolve_key("ip", "g", request) == expected
+
+
+@override_settings(DRATELIMIT={"IP_META_KEY": "HTTP_X_FORWARDED_FOR"})
+def test_x_forwarded_for_with_garbage_from_the_proxy_is_an_error(rf: RequestFactory) -> None:
+    request = _request(rf, "10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.9, garbage")
+    with pytest.raises(MissingClientAddress, match="is ' garbage'"):
+        resolve_key("ip", "g", request)
 
 
 @override_settings(DRATELIMIT={"IP_META_KEY": "HTTP_X_FORWARDED_FOR", "IPV4_MASK": 24})
@@ -194,7 +211,8 @@ def test_ip_meta_key_as_callable(rf: RequestFactory) -> None:
     assert resolve_key("ip", "g", _request(rf, "10.0.0.1", HTTP_X_CLIENT="198.51.100.4")) == (
         "198.51.100.4"
     )
-    assert resolve_key("ip", "g", _request(rf, "10.0.0.1")) is None
+    with pytest.raises(MissingClientAddress, match="'ip_from_header' is missing"):
+        resolve_key("ip", "g", _request(rf, "10.0.0.1"))
 
 
 @override_settings(DRATELIMIT={"IP_META_KEY": "tests.test_keys.ip_from_header"})
@@ -206,7 +224,8 @@ def test_ip_meta_key_as_dotted_path(rf: RequestFactory) -> None:
 
 @override_settings(DRATELIMIT={"IP_META_KEY": lambda request: 1234})
 def test_ip_meta_key_callable_returning_a_non_string(rf: RequestFactory) -> None:
-    assert resolve_key("ip", "g", _request(rf)) is None
+    with pytest.raises(MissingClientAddress, match="is 1234"):
+        resolve_key("ip", "g", _request(rf))
 
 
 # -- user, user_or_ip ---------------------------------------------------------------
@@ -239,9 +258,12 @@ def test_user_or_ip(rf: RequestFactory) -> None:
     assert resolve_key("user_or_ip", "g", request) == "user:7"
     request.user = AnonymousUser()
     assert resolve_key("user_or_ip", "g", request) == "ip:203.0.113.7"
-    anonymous_no_ip = _request(rf, "garbage")
+    anonymous_no_ip = _request(rf, "")
     anonymous_no_ip.user = AnonymousUser()
-    assert resolve_key("user_or_ip", "g", anonymous_no_ip) is None
+    with pytest.raises(MissingClientAddress, match="REMOTE_ADDR is empty"):
+        resolve_key("user_or_ip", "g", anonymous_no_ip)
+    anonymous_no_ip.user = _user(7)  # a logged-in user needs no address
+    assert resolve_key("user_or_ip", "g", anonymous_no_ip) == "user:7"
 
 
 def test_user_and_ip_keys_cannot_collide(rf: RequestFactory) -> None:
@@ -367,8 +389,25 @@ def test_unhashable_key_specs_raise_invalid_key(spec: Any) -> None:
         compile_key(spec)
 
 
-def test_invalid_key_is_a_value_error() -> None:
+def test_invalid_key_is_improperly_configured_and_a_value_error() -> None:
+    assert issubclass(InvalidKey, ImproperlyConfigured)
     assert issubclass(InvalidKey, ValueError)
+
+
+def configuration_error_key(group: str, request: HttpRequest) -> str:
+    raise ImproperlyConfigured("the key function's own configuration error")
+
+
+def test_a_key_function_raising_improperly_configured_is_not_swallowed(
+    rf: RequestFactory,
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match="own configuration error"):
+        resolve_key(configuration_error_key, "g", rf.get("/"))
+
+
+def test_a_dotted_key_that_does_not_import_raises_on_the_request(rf: RequestFactory) -> None:
+    with pytest.raises(InvalidKey, match="does not import"):
+        resolve_key("tests.test_keys.defined_nowhere", "g", rf.get("/"))
 
 
 def test_key_function_that_raises_is_logged_and_not_counted(

@@ -13,8 +13,10 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient, Client, override_settings
 
 from django_dratelimit.limiter import Limiter, set_limiter
+from django_dratelimit.rates import Rate
 from django_dratelimit.store import CounterStore
 from tests import views
+from tests.scoped import counted, seconds_left
 
 if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as Response
@@ -27,7 +29,12 @@ API = {"name": "api", "path": r"^/api/", "key": "ip", "rate": "2/m"}
 
 @contextmanager
 def dratelimit(clock: FakeClock, **options: Any) -> Iterator[Limiter]:
-    """Override DRATELIMIT, then install a fake-clock limiter (the override drops the old one)."""
+    """Override DRATELIMIT, then install a fake-clock limiter (the override drops the old one).
+
+    Windows are epoch-aligned here unless a test asks otherwise: the header tests
+    read their times off the clock. Staggered windows have tests of their own.
+    """
+    options.setdefault("STAGGER_WINDOWS", False)
     with override_settings(DRATELIMIT=options):
         instance = Limiter(CounterStore(), clock=clock, sync=False)
         set_limiter(instance)
@@ -107,7 +114,7 @@ def test_rule_key_ip_counts_each_client(client: Client, clock: FakeClock) -> Non
         assert codes(get_many(client, "/api/thing/", 2, REMOTE_ADDR="198.51.100.1")) == [200, 429]
         assert codes(get_many(client, "/api/thing/", 1, REMOTE_ADDR="198.51.100.2")) == [200]
 
-        assert limiter.get("api", "198.51.100.1", "1/m").count == 2
+        assert counted(limiter, "api", "198.51.100.1", "1/m", stagger=False) == 2
 
 
 @pytest.mark.django_db
@@ -118,8 +125,8 @@ def test_rule_key_user_or_ip(client: Client, clock: FakeClock) -> None:
         client.force_login(alice)
         assert codes(get_many(client, "/api/thing/", 2)) == [200, 429]
 
-        assert limiter.get("api", f"user:{alice.pk}", "1/m").count == 2
-        assert limiter.get("api", "ip:127.0.0.1", "1/m").count == 2
+        assert counted(limiter, "api", f"user:{alice.pk}", "1/m", stagger=False) == 2
+        assert counted(limiter, "api", "ip:127.0.0.1", "1/m", stagger=False) == 2
 
 
 def test_rule_rate_with_a_multiple(client: Client, clock: FakeClock) -> None:
@@ -207,8 +214,8 @@ def test_two_matching_rules_report_the_most_restrictive(client: Client, clock: F
         first, second, third = get_many(client, "/api/thing/", 3)
         other = client.get("/api/other/")
 
-        assert limiter.get("wide", "127.0.0.1", "10/m").count == 4
-        assert limiter.get("narrow", "127.0.0.1", "2/m").count == 3
+        assert counted(limiter, "wide", "127.0.0.1", "10/m", stagger=False) == 4
+        assert counted(limiter, "narrow", "127.0.0.1", "2/m", stagger=False) == 3
 
     assert first.headers["RateLimit-Policy"] == '"narrow";q=2;w=60'
     assert first.headers["RateLimit"] == '"narrow";r=1;t=50'
@@ -484,7 +491,7 @@ async def test_user_or_ip_rule_on_the_async_stack_falls_back_to_ip_for_anonymous
     with dratelimit(clock, RULES=[{**API, "key": "user_or_ip", "rate": "1/m"}]) as limiter:
         responses = [await async_client.get("/api/thing/") for _ in range(2)]
 
-        assert limiter.get("api", "ip:127.0.0.1", "1/m").count == 2
+        assert counted(limiter, "api", "ip:127.0.0.1", "1/m", stagger=False) == 2
     assert codes(responses) == [200, 429]
 
 
@@ -525,5 +532,39 @@ def test_a_refused_request_is_not_charged_by_later_rules(client: Client, clock: 
     }
     with dratelimit(clock, RULES=[first, second]) as limiter:
         assert codes(get_many(client, "/api/thing/", 3)) == [200, 429, 429]
-        tokens = limiter.get("tokens", "127.0.0.1", "5/m", algorithm="token_bucket")
+        tokens = limiter.check("tokens", "127.0.0.1", (Rate(5, 60),), "token_bucket", 0, scope="")
     assert tokens.remaining == 4  # only the admitted request took a token
+
+
+# -- rules count like decorators: per limit and methods, in staggered windows ------------------
+
+
+def test_rules_stagger_their_windows_by_default(client: Client, clock: FakeClock) -> None:
+    with dratelimit(clock, RULES=[API], STAGGER_WINDOWS=True):
+        first = client.get("/api/thing/", REMOTE_ADDR="198.51.100.1")
+        other = client.get("/api/thing/", REMOTE_ADDR="198.51.100.2")
+
+    # Each key's window ends at its own offset, the same in every process.
+    for response, key in ((first, "198.51.100.1"), (other, "198.51.100.2")):
+        left = round(seconds_left("api", key, 60, clock.now))
+        assert response.headers["RateLimit"] == f'"api";r=1;t={left}'
+    assert seconds_left("api", "198.51.100.1", 60, clock.now) != seconds_left(
+        "api", "198.51.100.2", 60, clock.now
+    )
+
+
+def test_a_rule_is_read_by_get_usage_with_its_methods(client: Client, clock: FakeClock) -> None:
+    from django.test import RequestFactory
+
+    from django_dratelimit import get_usage
+
+    rule = {**API, "methods": ["POST", "put"], "rate": "3/m"}
+    with dratelimit(clock, RULES=[rule], STAGGER_WINDOWS=True):
+        client.post("/api/thing/")
+        client.put("/api/thing/")
+        usage = get_usage(
+            RequestFactory().post("/"), "api", key="ip", rate="3/m", method=["PUT", "POST"]
+        )
+
+    assert usage is not None
+    assert (usage["count"], usage["limit"]) == (2, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.test import RequestFactory
 
@@ -19,6 +20,7 @@ from django_dratelimit.rates import (
     parse_rate,
     parse_rate_string,
     resolve_rate,
+    split_rate,
     validate_rate,
 )
 
@@ -79,6 +81,26 @@ def _clear_calls() -> None:
 def test_parse_single_rate(text: str, limit: int, period: int) -> None:
     assert parse_rate_string(text) == (Rate(limit, period),)
     assert parse_rate(text) == (Rate(limit, period),)
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "period"),
+    [("100/10", 100, 10), ("100/300", 100, 300), ("1/1", 1, 1), ("5 / 60", 5, 60)],
+)
+def test_a_rate_without_a_unit_counts_seconds(text: str, limit: int, period: int) -> None:
+    # django-ratelimit reads "100/10" as 100 per 10 seconds.
+    assert parse_rate_string(text) == (Rate(limit, period),)
+    assert parse_rate_string(f"{text};1000/d")[0] == Rate(limit, period)
+
+
+def test_split_rate_gives_count_and_seconds_of_one_rate() -> None:
+    assert split_rate("400/10m") == (400, 600)
+    assert split_rate("100/10") == (100, 10)
+    assert split_rate((100, 10)) == (100, 10)
+    with pytest.raises(InvalidRate, match="not one rate"):
+        split_rate("10/s;500/h")
+    with pytest.raises(InvalidRate, match="not one rate"):
+        split_rate(None)
 
 
 def test_parse_several_rates_keeps_their_order() -> None:
@@ -283,10 +305,17 @@ def test_a_callable_returning_a_bad_rate_is_logged_and_does_not_limit(
     assert "unknown unit" in caplog.text
 
 
-def test_dotted_path_that_does_not_import() -> None:
-    assert resolve_rate("tests.test_rates.no_such_function", "g", None) is None
+def test_dotted_path_that_does_not_import_is_a_configuration_error() -> None:
+    # Not "no limit": a path that does not import must never switch a limit off.
+    with pytest.raises(ImproperlyConfigured, match="does not import"):
+        resolve_rate("tests.test_rates.no_such_function", "g", None)
     with pytest.raises(InvalidRate, match="does not import"):
         validate_rate("no_such_module.rate")
+
+
+def test_rate_errors_are_improperly_configured_and_value_errors() -> None:
+    assert issubclass(InvalidRate, ImproperlyConfigured)
+    assert issubclass(InvalidRate, ValueError)
 
 
 def test_dotted_path_to_a_non_callable() -> None:

@@ -176,3 +176,7 @@ def user_pk_key(group: str, request: HttpRequest) -> str:
 @ratelimit(key=user_pk_key, rate="1/m")
 async def async_callable_user_key_view(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
+
+
+class CustomLimited(Exception):
+    """A project's own exception for limited requests (EXCEPTION_CLASS)."""

@@ -307,7 +307,8 @@ def _check_rule_fields(where: str, rule: dict[str, Any]) -> list[CheckMessage]:
             errors.append(
                 _error(
                     f"{where}: {exc}.",
-                    "Rates look like '5/m', '10/5m' or '10/s;500/h'; units are s, m, h, d.",
+                    "Rates look like '5/m', '10/5m', '100/day' or '10/s;500/h'; units are s, "
+                    "m, h, d (or sec, min, hour, day).",
                     9,
                 )
             )

@@ -14,6 +14,7 @@ from .algorithms import ALGORITHMS, CONSISTENCIES, EVENTUAL, STRICT
 from .checks_strict import check_strict_algorithm, check_strict_cache
 from .conf import DEFAULTS
 from .costs import InvalidCost, compile_cost
+from .headers import HEADER_POLICY_CHOICES
 from .keys import InvalidKey, compile_key
 from .rates import InvalidRate, validate_rate
 from .registry import strict_groups
@@ -58,6 +59,15 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 f"DRATELIMIT['ALGORITHM'] is {get('ALGORITHM')!r}, not a known algorithm.",
                 f"Use one of: {', '.join(ALGORITHMS)}.",
                 4,
+            )
+        )
+    if get("HEADER_POLICIES") not in HEADER_POLICY_CHOICES:
+        errors.append(
+            _error(
+                f"DRATELIMIT['HEADER_POLICIES'] is {get('HEADER_POLICIES')!r}, not a known choice.",
+                "Use 'most_restrictive' (the default: the headers describe the policy "
+                "closest to refusing) or 'all' (each policy on the request).",
+                40,
             )
         )
     errors += _check_view(get("VIEW"))

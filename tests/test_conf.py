@@ -27,6 +27,7 @@ CASES: list[tuple[str, Any, Any]] = [
     ("RULES", [], RULES),
     ("VIEW", "django_dratelimit.views.ratelimited", "tests.views.custom_limited"),
     ("HEADERS", True, False),
+    ("HEADER_POLICIES", "most_restrictive", "all"),
     ("IP_META_KEY", None, "HTTP_X_REAL_IP"),
     ("IPV4_MASK", 32, 24),
     ("IPV6_MASK", 64, 48),

@@ -11,6 +11,7 @@ from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 from .algorithms import ALGORITHMS, CONSISTENCIES, EVENTUAL, STRICT
+from .checks_drf import check_drf
 from .checks_strict import check_strict_algorithm, check_strict_cache
 from .conf import DEFAULTS
 from .costs import InvalidCost, compile_cost
@@ -77,6 +78,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors += _check_sync(get, raw)
     errors += _check_rules(get("RULES"))
     errors += check_strict_cache(_any_strict(get("RULES")))
+    errors += check_drf(MIDDLEWARE_PATH)
     return errors
 
 

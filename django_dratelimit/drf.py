@@ -28,6 +28,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from .algorithms import EVENTUAL, STRICT, validate_choice
+from .conf import conf
 from .decorators import record
 from .keys import normalize
 from .limiter import get_limiter
@@ -109,14 +110,14 @@ class SimpleRateThrottle(BaseThrottle):  # type: ignore[misc]
         return f"{type(self).__module__}.{type(self).__qualname__}"
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        if self.rate is None or self.num_requests is None or self.duration is None:
+        if not conf.ENABLED or self.rate is None or self.num_requests is None:
             return True
         key = normalize(self.get_cache_key(request, view))
         if key is None:
             return True
         self.key = key
         group = self.get_group()
-        rates = _rates(self.num_requests, self.duration)
+        rates = _rates(self.num_requests, self.duration or 0)  # 0: an error, as for any rate
         register(group, rates[0], strict=self.consistency == STRICT)  # inspect, reset
         limiter = get_limiter()
         usage = limiter.check(

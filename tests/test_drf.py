@@ -212,6 +212,13 @@ def test_two_throttles_in_the_headers(
     assert responses[2].headers["Retry-After"] == "1"  # DRF takes the longest wait: burst's
 
 
+def test_enabled_false_turns_the_throttles_off(client: Client, clock: FakeClock) -> None:
+    with drf_site(clock, ENABLED=False):
+        responses = [client.get("/anon/") for _ in range(3)]
+
+    assert codes(responses) == [200, 200, 200]
+
+
 def test_without_the_middleware_throttles_still_limit(client: Client, clock: FakeClock) -> None:
     with drf_site(clock), override_settings(MIDDLEWARE=[]):
         responses = [client.get("/anon/") for _ in range(3)]

@@ -197,3 +197,14 @@ def test_e040_header_policies_must_be_a_known_choice(value: Any) -> None:
 def test_header_policies_choices_are_clean(value: str) -> None:
     with override_settings(DRATELIMIT={"HEADER_POLICIES": value}):
         assert check_settings() == []
+
+
+def test_a_ratelimited_raised_by_hand_with_a_usage(rf: RequestFactory) -> None:
+    # Never recorded on the request: the view still describes it.
+    refused = make_usage("export", 3600, 6)
+    with override_settings(DRATELIMIT={"HEADER_POLICIES": "all"}):
+        response = ratelimited(rf.get("/", HTTP_ACCEPT="application/json"), Ratelimited(refused))
+
+    assert response.headers["RateLimit-Policy"] == '"export";q=5;w=3600'
+    assert response.headers["Retry-After"] == "10"
+    assert json.loads(response.content)["violated-policies"] == ["export"]

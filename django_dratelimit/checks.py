@@ -11,9 +11,11 @@ from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 from .algorithms import ALGORITHMS, CONSISTENCIES, EVENTUAL, STRICT
+from .checks_drf import check_drf
 from .checks_strict import check_strict_algorithm, check_strict_cache
 from .conf import DEFAULTS, legacy_values
 from .costs import InvalidCost, compile_cost
+from .headers import HEADER_POLICY_CHOICES
 from .keys import InvalidKey, compile_key
 from .rates import InvalidRate, validate_rate
 from .registry import strict_groups
@@ -64,6 +66,15 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 4,
             )
         )
+    if get("HEADER_POLICIES") not in HEADER_POLICY_CHOICES:
+        errors.append(
+            _error(
+                f"DRATELIMIT['HEADER_POLICIES'] is {get('HEADER_POLICIES')!r}, not a known choice.",
+                "Use 'most_restrictive' (the default: the headers describe the policy "
+                "closest to refusing) or 'all' (each policy on the request).",
+                40,
+            )
+        )
     errors += _check_view(get("VIEW"))
     errors += _check_ip(get("IP_META_KEY"), get("IPV4_MASK"), get("IPV6_MASK"))
     errors += _check_int(get("MAX_KEYS"), "MAX_KEYS", 18, minimum=1)
@@ -71,6 +82,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors += _check_sync(get, raw)
     errors += _check_rules(get("RULES"))
     errors += check_strict_cache(_any_strict(get("RULES")))
+    errors += check_drf(MIDDLEWARE_PATH)
     return errors
 
 
@@ -312,7 +324,8 @@ def _check_rule_fields(where: str, rule: dict[str, Any]) -> list[CheckMessage]:
             errors.append(
                 _error(
                     f"{where}: {exc}.",
-                    "Rates look like '5/m', '10/5m' or '10/s;500/h'; units are s, m, h, d.",
+                    "Rates look like '5/m', '10/5m', '100/day' or '10/s;500/h'; units are s, "
+                    "m, h, d (or sec, min, hour, day).",
                     9,
                 )
             )

@@ -22,6 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "RULES": [],
     "VIEW": "django_dratelimit.views.ratelimited",
     "HEADERS": True,
+    # "most_restrictive": the headers describe one policy; "all": each of them.
+    "HEADER_POLICIES": "most_restrictive",
     "IP_META_KEY": None,
     "IPV4_MASK": 32,
     "IPV6_MASK": 64,
@@ -131,6 +133,10 @@ class Settings:
     @property
     def HEADERS(self) -> bool:
         return bool(self._get("HEADERS"))
+
+    @property
+    def HEADER_POLICIES(self) -> str:
+        return str(self._get("HEADER_POLICIES"))
 
     @property
     def IP_META_KEY(self) -> str | Callable[..., Any] | None:

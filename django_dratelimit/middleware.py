@@ -17,12 +17,12 @@ from .conf import conf
 from .costs import resolve_cost
 from .decorators import USAGES_ATTR, record
 from .exceptions import Ratelimited
-from .headers import set_headers
+from .headers import set_usage_headers
 from .keys import aload_user, may_read_user, resolve_key
 from .limiter import get_limiter
 from .rates import resolve_rate
 from .rules import Rule, get_rules
-from .usage import Usage, most_restrictive
+from .usage import Usage
 
 
 @functools.lru_cache(maxsize=16)
@@ -121,7 +121,7 @@ class RateLimitMiddleware:
     def add_headers(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         usages: list[Usage] | None = getattr(request, USAGES_ATTR, None)
         if usages and conf.HEADERS and "RateLimit" not in response.headers:
-            set_headers(response, most_restrictive(usages))
+            set_usage_headers(response, usages)
         return response
 
 

@@ -18,6 +18,18 @@ if TYPE_CHECKING:
 
 UNITS: dict[str, int] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 UNIT_NAMES: dict[str, str] = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+# The words DRF's rates use ("100/day", "5/min"): an exact list, not DRF's
+# first-letter reading, so that a typo such as "5/mon" is an error, not minutes.
+UNIT_WORDS: dict[str, str] = {
+    word: unit
+    for unit, words in {
+        "s": ("sec", "secs", "second", "seconds"),
+        "m": ("min", "mins", "minute", "minutes"),
+        "h": ("hour", "hours"),
+        "d": ("day", "days"),
+    }.items()
+    for word in words
+}
 # A rate period longer than this is almost certainly a typo (and would keep
 # buckets in memory for months).
 MAX_PERIOD = 31 * 86400
@@ -61,7 +73,7 @@ def _check_bounds(limit: int, period: int, text: object) -> Rate:
 
 @functools.lru_cache(maxsize=1024)
 def parse_rate_string(text: str) -> tuple[Rate, ...]:
-    """Parse ``"5/m"`` or ``"10/s;500/h"``; raise InvalidRate naming what is wrong."""
+    """Parse ``"5/m"``, ``"100/day"`` or ``"10/s;500/h"``; raise InvalidRate on a bad one."""
     parts = [part for part in text.split(";")]
     if not text.strip() or any(not part.strip() for part in parts):
         raise InvalidRate(f"rate {text!r} is empty; expected something like '5/m'")
@@ -77,11 +89,11 @@ def parse_rate_string(text: str) -> tuple[Rate, ...]:
         # Cap the digits before int(): Python refuses to parse over 4,300 of them.
         count = count if len(count) <= 12 else "9" * 12
         multiple = multiple if len(multiple) <= 12 else "9" * 12
-        unit = unit or "s"  # "100/10": seconds, as django-ratelimit reads it
+        unit = UNIT_WORDS.get(unit, unit) or "s"  # "100/10": seconds, as django-ratelimit
         if unit not in UNITS:
             raise InvalidRate(
-                f"rate {part.strip()!r} has an unknown unit {unit!r}; use s, m, h or d "
-                "(lower case: 'M' is not read as minutes)"
+                f"rate {part.strip()!r} has an unknown unit {unit!r}; use s, m, h or d, or "
+                "sec, min, hour or day (lower case: 'M' is not read as minutes)"
             )
         factor = int(multiple) if multiple else 1
         if factor == 0:

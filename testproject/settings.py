@@ -14,7 +14,8 @@ Environment variables:
   RedisPubSubChannelLayer and "core" channels_redis' RedisChannelLayer.
 - ``DEMO_API_RATE``: the rate of the "api" rule on ``/api/`` (default "30/m").
 - ``DEMO_CLUSTER_RATE``: the rate of the ``/cluster/`` endpoints (default
-  "100/m"), read per request in ``testproject.cluster``.
+  "100/m"), read per request in ``testproject.cluster``, and of the DRF
+  throttles' scopes on ``/cluster/drf/`` and ``/cluster/drf-strict/``.
 - ``DRATELIMIT_SYNC_INTERVAL``, ``DRATELIMIT_ANTI_ENTROPY``,
   ``DRATELIMIT_STARTUP_SYNC_WAIT``: seconds, see the DRATELIMIT settings.
 
@@ -166,6 +167,15 @@ DRATELIMIT = {
     "SYNC_INTERVAL": env_float("DRATELIMIT_SYNC_INTERVAL", 0.05),
     "ANTI_ENTROPY_INTERVAL": env_float("DRATELIMIT_ANTI_ENTROPY", 5.0),
     "STARTUP_SYNC_WAIT": env_float("DRATELIMIT_STARTUP_SYNC_WAIT", 0.0),
+}
+
+# DRF (testproject.drf_views, when installed): our throttles, by the one-line switch.
+REST_FRAMEWORK = {
+    "DEFAULT_THROTTLE_CLASSES": ["django_dratelimit.drf.ScopedRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "cluster-drf": os.environ.get("DEMO_CLUSTER_RATE", "100/m"),
+        "cluster-drf-strict": os.environ.get("DEMO_CLUSTER_RATE", "100/m"),
+    },
 }
 
 # The benchmark's django-ratelimit variants. LocMemCache is what the benchmark

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
@@ -29,3 +31,13 @@ urlpatterns = [
     path("bench/dr/", bench_views.dr, name="bench-dr"),
     path("bench/dr/acc/", bench_views.dr_acc, name="bench-dr-acc"),
 ]
+
+if find_spec("rest_framework") is not None:  # the [drf] extra
+    from testproject import drf_views
+
+    urlpatterns += [
+        path("cluster/drf/", drf_views.ClusterDrf.as_view(), name="cluster-drf"),
+        path(
+            "cluster/drf-strict/", drf_views.ClusterDrfStrict.as_view(), name="cluster-drf-strict"
+        ),
+    ]

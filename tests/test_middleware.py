@@ -280,12 +280,12 @@ def test_limited_response_is_json_when_asked(client: Client, clock: FakeClock) -
     assert response.status_code == 429
     assert response.headers["Content-Type"] == "application/json"
     assert json.loads(response.content) == {
-        "error": "rate_limited",
+        "type": "https://iana.org/assignments/http-problem-types#quota-exceeded",
+        "title": "Request cannot be satisfied as assigned quota has been exceeded",
+        "status": 429,
         "detail": "Too many requests. Retry in 50 s.",
-        "policy": "api",
-        "limit": 2,
-        "period": 60,
-        "retry_after": 50,
+        "violated-policies": ["api"],
+        "retry-after": 50,
     }
 
 
@@ -375,7 +375,7 @@ def test_decorator_429_goes_through_the_middleware(client: Client, clock: FakeCl
         responses = get_many(client, "/sync/", 3, HTTP_ACCEPT="application/json")
 
     assert codes(responses) == [200, 200, 429]
-    assert json.loads(responses[2].content)["policy"] == "tests.views.sync_view"
+    assert json.loads(responses[2].content)["violated-policies"] == ["tests.views.sync_view"]
     assert responses[2].headers["Retry-After"] == "50"
 
 
@@ -432,7 +432,7 @@ async def test_async_stack_json_429(async_client: AsyncClient, clock: FakeClock)
         response = await async_client.get("/api/async/", headers={"Accept": "application/json"})
 
     assert response.status_code == 429
-    assert json.loads(response.content)["retry_after"] == 50
+    assert json.loads(response.content)["retry-after"] == 50
 
 
 async def test_async_stack_untouched_path(async_client: AsyncClient, clock: FakeClock) -> None:

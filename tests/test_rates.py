@@ -114,10 +114,32 @@ def test_parse_several_rates_keeps_their_order() -> None:
     )
 
 
-@pytest.mark.parametrize("text", ["5/M", "5/H", "5/S", "5/D", "5/min", "5/sec", "5/x", "5/5M"])
+@pytest.mark.parametrize(
+    "text", ["5/M", "5/H", "5/S", "5/D", "5/x", "5/5M", "5/Min", "5/mon", "5/minutely", "5/dy"]
+)
 def test_unknown_unit_is_an_error(text: str) -> None:
     with pytest.raises(InvalidRate, match="unknown unit"):
         parse_rate_string(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("100/day", Rate(100, 86400)),
+        ("100/days", Rate(100, 86400)),
+        ("5/min", Rate(5, 60)),
+        ("5/minute", Rate(5, 60)),
+        ("5/minutes", Rate(5, 60)),
+        ("10/sec", Rate(10, 1)),
+        ("10/second", Rate(10, 1)),
+        ("1000/hour", Rate(1000, 3600)),
+        ("10/5min", Rate(10, 300)),
+        ("10/2 hours", Rate(10, 7200)),
+    ],
+)
+def test_drf_unit_words_are_read(text: str, expected: Rate) -> None:
+    # DEFAULT_THROTTLE_RATES are written this way; the same strings work everywhere.
+    assert parse_rate_string(text) == (expected,)
 
 
 def test_capital_m_is_not_read_as_seconds_or_minutes() -> None:

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 
 from .algorithms import validate_choice
 from .conf import conf
+from .decisions import count as count_decision
 from .keys import resolve_key
 from .limiter import get_limiter
 from .rates import Rate, parse_rate_string, resolve_rate
@@ -71,7 +72,7 @@ def get_usage(
     if value is None:
         return None
     limiter = get_limiter()
-    return limiter.check(
+    usage = limiter.check(
         group,
         value,
         rates,
@@ -80,6 +81,9 @@ def get_usage(
         name,
         consistency,
     )
+    if increment:  # a peek (increment=False) decides nothing
+        count_decision(name or group, usage.should_limit)
+    return usage
 
 
 def is_ratelimited(

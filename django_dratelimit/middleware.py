@@ -12,6 +12,7 @@ from django.utils.module_loading import import_string
 
 from .conf import conf
 from .costs import resolve_cost
+from .decisions import count as count_decision
 from .decorators import USAGES_ATTR, record
 from .exceptions import Ratelimited
 from .headers import set_headers
@@ -105,6 +106,7 @@ class RateLimitMiddleware:
                 rule.name,
                 rule.consistency,
             )
+            count_decision(rule.name, usage.should_limit)
             record(request, usage)
             if usage.should_limit and rule.block:
                 # Refused here: later rules must not charge it (a token bucket's

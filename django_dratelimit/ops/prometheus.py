@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -103,8 +104,11 @@ class DratelimitCollector(Collector):
         return list(families.values())
 
     def collect(self) -> Iterable[Metric]:
-        if conf.PROMETHEUS is False:
-            return []
+        try:
+            if conf.PROMETHEUS is False:
+                return []
+        except ImproperlyConfigured:
+            return []  # a worker scraped before it loaded the site (serve_worker_metrics)
         families = [_decisions()]
         # A scrape must never fail: django-prometheus serves every metric of the
         # site from the same registry.

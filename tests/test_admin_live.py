@@ -66,7 +66,8 @@ class FakeCluster:
 
     def __init__(self) -> None:
         self.views: list[Any] = []
-        self.error: Exception | None = None
+        self.error: Exception | None = None  # raised by inspect
+        self.reset_error: Exception | None = None
         self.inspected: list[dict[str, Any]] = []
         self.resets: list[tuple[str, str | None, float]] = []
 
@@ -82,8 +83,8 @@ class FakeCluster:
 
     def reset_cluster(self, group: str, key: str | None = None, timeout: float = 2.0) -> Any:
         self.resets.append((group, key, timeout))
-        if self.error is not None:
-            raise self.error
+        if self.reset_error is not None:
+            raise self.reset_error
         return SimpleNamespace(confirmed=2, removed=1)
 
 
@@ -333,15 +334,29 @@ def test_a_group_reset(client: Client, resetter: User, cluster: FakeCluster) -> 
     assert cluster.resets == [("login", None, LiveCountersAdmin.inspect_timeout)]
 
 
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (cluster_client.NoAnswer("nobody answered"), "No process answered. nobody answered"),
+        (ValueError("key must be a non-empty string"), "key must be a non-empty string"),
+        (RuntimeError("a bug"), "Unexpected error: RuntimeError: a bug"),
+    ],
+)
 def test_a_failed_reset_says_why(
-    client: Client, resetter: User, cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+    client: Client,
+    resetter: User,
+    cluster: FakeCluster,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    shown: str,
 ) -> None:
-    cluster.error = cluster_client.NoAnswer("nobody answered")
+    cluster.reset_error = error
     done = client.post(reverse(RESET), {"group": "login", "key": "k"}, follow=True)
 
     assert done.status_code == 200
-    assert "Reset of key &#x27;k&#x27; in group &#x27;login&#x27; failed" in text(done)
-    assert "could not reset key 'k' in group 'login'" in caplog.text
+    assert "Reset of key &#x27;k&#x27; in group &#x27;login&#x27; failed. " + shown in text(done)
+    assert "resetter could not reset key 'k' in group 'login'" in caplog.text
+    assert ("Traceback" in caplog.text) == isinstance(error, RuntimeError)
 
 
 def test_a_reset_without_a_group_changes_nothing(

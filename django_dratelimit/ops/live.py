@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import client
 from ..management.commands.ratelimit import reset_strict, strict_counters, strict_views
-from .render import duration, period
+from .render import duration, period, plural
 
 logger = logging.getLogger("django_dratelimit")
 
@@ -151,7 +151,8 @@ def snapshot(
         result.processes = len(gathered.answers)
         result.truncated = gathered.truncated
         if gathered.ignored:
-            result.notes.append(f"{gathered.ignored} malformed or foreign replies ignored.")
+            ignored = plural(gathered.ignored, "malformed or foreign reply")
+            result.notes.append(f"{ignored} ignored.")
         views = client.merge_buckets(gathered.answers)
     now = time.time()
     views += strict_views(strict, now)
@@ -189,11 +190,15 @@ def reset(group: str, key: str | None, timeout: float, user: str) -> ResetOutcom
     strict_removed, strict_note = reset_strict(group, key)
     try:
         result = client.reset_cluster(group, key, timeout)
-    except (client.ClusterError, ValueError) as exc:  # ValueError: a malformed name
-        logger.warning("dratelimit: %s could not reset %s from the admin: %s", user, what, exc)
-        text = _explain(exc) if isinstance(exc, client.ClusterError) else str(exc)
+    except Exception as exc:
+        if isinstance(exc, client.ClusterError | ValueError):  # ValueError: a malformed name
+            logger.warning("dratelimit: %s could not reset %s from the admin: %s", user, what, exc)
+            text = _explain(exc) if isinstance(exc, client.ClusterError) else str(exc)
+        else:  # a bug: logged with its traceback, shown, never a 500
+            logger.exception("dratelimit: %s could not reset %s from the admin", user, what)
+            text = f"Unexpected error: {type(exc).__name__}: {exc}"
         if strict_removed:
-            text += f" {strict_removed} strict counters were deleted."
+            text += f" {plural(strict_removed, 'strict counter')} deleted."
         return ResetOutcome(False, f"Reset of {what} failed. {text}")
     logger.info(
         "dratelimit: %s reset %s from the admin: %d processes confirmed, %d buckets removed",
@@ -202,11 +207,10 @@ def reset(group: str, key: str | None, timeout: float, user: str) -> ResetOutcom
         result.confirmed,
         result.removed,
     )
-    message = (
-        f"Reset {what}: {result.confirmed} processes confirmed, {result.removed} buckets removed."
-    )
+    confirmed = plural(result.confirmed, "process")
+    message = f"Reset {what}: {confirmed} confirmed, {plural(result.removed, 'bucket')} removed."
     if strict_removed:
-        message += f" {strict_removed} strict counters deleted."
+        message += f" {plural(strict_removed, 'strict counter')} deleted."
     elif strict_note:
         message += f" {strict_note}."
     return ResetOutcome(True, message)

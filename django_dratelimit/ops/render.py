@@ -1,6 +1,15 @@
-"""How periods and durations read, the same in ``manage.py ratelimit`` and the admin page."""
+"""How counts, periods and durations read, the same in ``manage.py ratelimit`` and the admin."""
 
 from __future__ import annotations
+
+
+def plural(count: int, word: str) -> str:
+    """``1 node``, ``2 nodes``, ``3 replies``, ``4 processes``."""
+    if count == 1:
+        return f"1 {word}"
+    if word.endswith("y"):
+        return f"{count} {word[:-1]}ies"
+    return f"{count} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def period(seconds: int) -> str:

@@ -17,6 +17,7 @@ from ...conf import conf
 from ...inspect import MAX_INSPECT_BUCKETS
 from ...ops.render import duration as _duration
 from ...ops.render import period as _period
+from ...ops.render import plural as _plural
 from ...protocol import MalformedMessage
 from ...rates import (
     InvalidRate,
@@ -408,12 +409,6 @@ def _footer(gathered: client.Gathered) -> str:
     if gathered.ignored:
         text += f"; {_plural(gathered.ignored, 'reply')} ignored"
     return text + ")."
-
-
-def _plural(count: int, word: str) -> str:
-    if count == 1:
-        return f"1 {word}"
-    return f"{count} {word[:-1] + 'ies' if word.endswith('y') else word + 's'}"
 
 
 def _utc(timestamp: float) -> datetime.datetime:

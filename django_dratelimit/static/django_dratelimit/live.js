@@ -10,6 +10,12 @@
   }
   let timer = null;
 
+  function say(text) {
+    if (status) {
+      status.textContent = text;
+    }
+  }
+
   function schedule() {
     if (timer === null && !document.hidden) {
       timer = window.setTimeout(refresh, seconds * 1000);
@@ -34,9 +40,9 @@
       const data = await response.json();
       box.innerHTML = data.html; // rendered by the page's own template, escaped there
       box.dataset.refreshed = String(data.taken_at);
-      status.textContent = `Refreshes every ${seconds} s while this page is visible.`;
+      say(`Refreshes every ${seconds} s while this page is visible.`);
     } catch (error) {
-      status.textContent = `Refresh failed: ${error.message}. Trying again in ${seconds} s.`;
+      say(`Refresh failed: ${error.message}. Trying again in ${seconds} s.`);
     }
     schedule();
   }

@@ -25,7 +25,7 @@ from django.urls import reverse
 from django_dratelimit import client as cluster_client
 from django_dratelimit.admin import LiveCountersAdmin
 from django_dratelimit.limiter import Limiter, set_limiter
-from tests.cluster import ROOT, RedisServer
+from tests.cluster import ROOT, RedisServer, wait_for
 from tests.conftest import layer_config
 
 pytestmark = pytest.mark.django_db
@@ -424,6 +424,11 @@ def synced_limiter(redis_db: RedisServer) -> Iterator[Limiter]:
     with override_settings(CHANNEL_LAYERS=layers, DRATELIMIT={"SYNC_INTERVAL": 0.01}):
         limiter = Limiter()
         set_limiter(limiter)
+        limiter.get("warm-up", "-", "1/m")  # the first use starts the sync thread
+        # Asked before it subscribes to the group, a pub/sub node never hears the request.
+        node = limiter.sync.node if limiter.sync is not None else None
+        assert node is not None
+        wait_for(lambda: node.joined.is_set() and node.channel, 5, "the node to join")
         yield limiter
         set_limiter(None)
 

@@ -38,6 +38,7 @@ TABLE_TEMPLATE = "admin/django_dratelimit/live_table.html"
 class LiveCountersAdmin(_ModelAdmin):
     # Tunable in a subclass, registered instead (docs/admin.md).
     inspect_timeout = 1.0  # seconds every refresh waits for the processes' answers
+    reset_timeout = 2.0  # seconds a reset waits for confirmations: rare, so be sure
     inspect_limit = 1_000  # buckets asked of each process, hottest first
     per_group = 10  # rows shown per group
     refresh_seconds = 5  # 0: no refresh
@@ -131,7 +132,7 @@ class LiveCountersAdmin(_ModelAdmin):
         if request.method == "POST":
             from .ops import live
 
-            outcome = live.reset(group, key, self.inspect_timeout, request.user.get_username())
+            outcome = live.reset(group, key, self.reset_timeout, request.user.get_username())
             (messages.success if outcome.ok else messages.error)(request, outcome.message)
             return self._back()
         context = {

@@ -137,9 +137,25 @@ def row_of(driver: WebDriver, group: str, key: str) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+def row_state(driver: WebDriver, group: str, key: str) -> tuple[list[str], str] | None:
+    """The row's cell texts and its classes, read at once (a refresh may swap the table)."""
+    rows = row_of(driver, group, key)
+    if not rows:
+        return None
+    cells = [str(cell.text) for cell in rows[0].find_elements(By.CSS_SELECTOR, "th, td")]
+    return cells, str(rows[0].get_attribute("class") or "")
+
+
 def count_of(driver: WebDriver, group: str, key: str) -> str | None:
     rows = row_of(driver, group, key)
     return str(rows[0].find_element(By.CLASS_NAME, "dratelimit-count").text) if rows else None
+
+
+def click_reset(driver: WebDriver, group: str, key: str) -> bool:
+    rows = row_of(driver, group, key)
+    if rows:
+        rows[0].find_element(By.CLASS_NAME, "dratelimit-reset-key").click()
+    return bool(rows)
 
 
 def api_count(server: DemoServer) -> int:
@@ -163,14 +179,16 @@ def test_staff_see_a_hot_bucket_live_and_reset_it_everywhere(
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     until(browser, lambda d: row_of(d, "api", CLIENT_IP) and row_of(d, "cluster", "shared"))
 
-    [row] = row_of(browser, "api", CLIENT_IP)
-    cells = [cell.text for cell in row.find_elements(By.CSS_SELECTOR, "th, td")]
+    cells, classes = until(browser, lambda d: row_state(d, "api", CLIENT_IP))
     assert cells[:4] == [CLIENT_IP, str(HITS), "20", "1h"]
     assert cells[4] == "0"  # synced: the processes agree
     assert cells[6] == "\u2014"  # budget mode: not built yet
-    assert "dratelimit-over" in (row.get_attribute("class") or "")
-    assert count_of(browser, "cluster", "shared") == "10"
-    assert "2 processes answered" in browser.find_element(By.ID, "dratelimit-live").text
+    assert "dratelimit-over" in classes
+    assert until(browser, lambda d: count_of(d, "cluster", "shared")) == "10"
+    # Both processes, if not on the first look then on a refresh (a busy machine).
+    until(
+        browser, lambda d: "2 processes answered" in d.find_element(By.ID, "dratelimit-live").text
+    )
 
     # The page refreshes itself from the JSON endpoint: new hits show up unreloaded.
     search = browser.find_element(By.ID, "dratelimit-search")
@@ -180,7 +198,7 @@ def test_staff_see_a_hot_bucket_live_and_reset_it_everywhere(
     screenshot = Path(os.environ.get("DRATELIMIT_SCREENSHOT") or tmp_path / "admin_live.png")
     assert browser.save_screenshot(str(screenshot))
 
-    row_of(browser, "api", CLIENT_IP)[0].find_element(By.CLASS_NAME, "dratelimit-reset-key").click()
+    until(browser, lambda d: click_reset(d, "api", CLIENT_IP))
     until(browser, lambda d: d.find_elements(By.ID, "dratelimit-confirm"))
     confirm = browser.find_element(By.ID, "dratelimit-confirm").text
     assert confirm == f"Reset key {CLIENT_IP} in group api on every process?"

@@ -316,7 +316,7 @@ def test_a_key_reset_asks_for_confirmation_then_resets_every_process(
     with caplog.at_level(logging.INFO, logger="django_dratelimit"):
         done = client.post(reverse(RESET), {"group": "login", "key": "203.0.113.7"}, follow=True)
 
-    assert cluster.resets == [("login", "203.0.113.7", LiveCountersAdmin.inspect_timeout)]
+    assert cluster.resets == [("login", "203.0.113.7", LiveCountersAdmin.reset_timeout)]
     assert done.redirect_chain == [(reverse(LIVE), 302)]
     assert "Reset key &#x27;203.0.113.7&#x27; in group &#x27;login&#x27;: 2 processes" in text(done)
     assert "resetter reset key '203.0.113.7' in group 'login' from the admin" in caplog.text
@@ -331,7 +331,7 @@ def test_a_group_reset(client: Client, resetter: User, cluster: FakeCluster) -> 
     assert f'href="{reverse(RESET)}?group=login"' in page
     assert "Reset every counter of group <strong>login</strong>" in confirm
     assert 'name="key"' not in confirm
-    assert cluster.resets == [("login", None, LiveCountersAdmin.inspect_timeout)]
+    assert cluster.resets == [("login", None, LiveCountersAdmin.reset_timeout)]
 
 
 @pytest.mark.parametrize(
@@ -380,7 +380,7 @@ def test_resets_need_the_csrf_token(resetter: User, cluster: FakeCluster) -> Non
 
     assert refused.status_code == 403
     assert accepted.status_code == 302
-    assert cluster.resets == [("login", "k", LiveCountersAdmin.inspect_timeout)]
+    assert cluster.resets == [("login", "k", LiveCountersAdmin.reset_timeout)]
 
 
 def test_only_get_and_post(client: Client, resetter: User, cluster: FakeCluster) -> None:

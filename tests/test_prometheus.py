@@ -250,6 +250,13 @@ def test_new_metrics_fields_show_up_by_the_generic_rules(limiter: Limiter) -> No
     assert "dratelimit_sync_debug_flag" not in families
 
 
+def test_the_interval_gauge_reads_the_nodes_effective_interval(limiter: Limiter) -> None:
+    node = attach_node(limiter)
+    node.effective_interval = 0.8  # type: ignore[attr-defined]
+
+    assert scrape()["dratelimit_sync_interval_seconds", ()] == 0.8
+
+
 def test_budget_mode_policies_once_the_limiter_has_them(limiter: Limiter) -> None:
     limiter.budget_policies = {"login", "api"}  # type: ignore[attr-defined]
 

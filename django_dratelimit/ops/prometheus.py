@@ -75,7 +75,8 @@ _DROP_FIELDS = {
     "unknown_types": "unknown_type",
     "handler_errors": "handler_error",
 }
-# A Metrics field the interval gauge prefers to the configured SYNC_INTERVAL.
+# What the interval gauge prefers to the configured SYNC_INTERVAL: a Metrics field or a
+# node attribute of that name.
 EFFECTIVE_INTERVAL = "effective_interval"
 
 logger = logging.getLogger("django_dratelimit")
@@ -190,7 +191,10 @@ def _sync_families(metrics: Any, node: Any) -> list[Metric]:
             cls = GaugeMetricFamily if gauge else CounterMetricFamily
             families.append(cls(metric, help_text, value))
     if node is not None:
+        # The sync v2 node keeps it as an attribute; a Metrics field would do too.
         interval: Any = getattr(metrics, EFFECTIVE_INTERVAL, None)
+        if not _number(interval):
+            interval = getattr(node, EFFECTIVE_INTERVAL, None)
         if not _number(interval):
             interval = node.interval
         families.append(_gauge("dratelimit_sync_interval_seconds", float(interval)))

@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     # Strict mode (reserved for the strict-mode issue)
     "STRICT_CACHE": "default",
     "STRICT_FAIL_OPEN": False,
+    # Operations: None registers the Prometheus collector when prometheus_client imports.
+    "PROMETHEUS": None,
 }
 
 # django-ratelimit's settings that mean something here, and the DRATELIMIT key they
@@ -203,6 +205,10 @@ class Settings:
     @property
     def STRICT_FAIL_OPEN(self) -> bool:
         return bool(self._get("STRICT_FAIL_OPEN"))
+
+    @property
+    def PROMETHEUS(self) -> bool | None:
+        return self._get("PROMETHEUS")  # type: ignore[no-any-return]
 
 
 conf = Settings()

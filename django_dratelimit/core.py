@@ -13,6 +13,7 @@ from django.http import HttpRequest
 
 from .algorithms import validate_choice
 from .conf import conf
+from .decisions import count as count_decision
 from .exceptions import MissingArgument
 from .keys import resolve_key
 from .limiter import get_limiter
@@ -69,7 +70,7 @@ def request_usage(
     if value is None:
         return None
     limiter = get_limiter()
-    return limiter.check(
+    usage = limiter.check(
         group,
         value,
         rates,
@@ -80,6 +81,9 @@ def request_usage(
         scope=scope,
         stagger=conf.STAGGER_WINDOWS,
     )
+    if cost:  # a peek (cost 0) decides nothing
+        count_decision(name or group, usage.should_limit)
+    return usage
 
 
 def _checked(

@@ -15,6 +15,7 @@ from django.utils.module_loading import import_string
 
 from .conf import conf
 from .costs import resolve_cost
+from .decisions import count as count_decision
 from .decorators import USAGES_ATTR, record
 from .exceptions import Ratelimited
 from .headers import set_usage_headers
@@ -110,6 +111,7 @@ class RateLimitMiddleware:
                 scope=rule.scope,
                 stagger=conf.STAGGER_WINDOWS,
             )
+            count_decision(rule.name, usage.should_limit)
             record(request, usage)
             if usage.should_limit and rule.block:
                 # Refused here: later rules must not charge it (a token bucket's

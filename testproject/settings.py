@@ -16,6 +16,8 @@ Environment variables:
 - ``DEMO_CLUSTER_RATE``: the rate of the ``/cluster/`` endpoints (default
   "100/m"), read per request in ``testproject.cluster``, and of the DRF
   throttles' scopes on ``/cluster/drf/`` and ``/cluster/drf-strict/``.
+- ``DEMO_DATABASE``: the SQLite file (default ``testproject/db.sqlite3``); the
+  admin page's browser test gives its servers a database of their own.
 - ``DRATELIMIT_SYNC_INTERVAL``, ``DRATELIMIT_ANTI_ENTROPY``,
   ``DRATELIMIT_STARTUP_SYNC_WAIT``: seconds, see the DRATELIMIT settings.
 
@@ -59,6 +61,7 @@ DEBUG = env_bool("DJANGO_DEBUG", True)
 ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = [
+    "django.contrib.admin",  # /admin/django_dratelimit/livecounters/: the live counters
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -103,7 +106,7 @@ TEMPLATES = [
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": BASE_DIR / "db.sqlite3",
+        "NAME": os.environ.get("DEMO_DATABASE") or BASE_DIR / "db.sqlite3",
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

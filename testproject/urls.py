@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import path
 
 from testproject import bench_views, cluster, views
@@ -15,6 +17,7 @@ urlpatterns = [
     path("comment/", views.comment, name="comment"),
     path("api/hello/", views.api_hello, name="api-hello"),
     path("cbv/", views.CbvDemo.as_view(), name="cbv"),
+    path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("cluster/hit/", cluster.hit, name="cluster-hit"),
@@ -41,3 +44,6 @@ if find_spec("rest_framework") is not None:  # the [drf] extra
             "cluster/drf-strict/", drf_views.ClusterDrfStrict.as_view(), name="cluster-drf-strict"
         ),
     ]
+# With DEBUG on, the admin's static files under uvicorn and gunicorn too (runserver
+# serves them by itself); with DEBUG off this adds nothing.
+urlpatterns += staticfiles_urlpatterns()

@@ -44,6 +44,7 @@ CASES: list[tuple[str, Any, Any]] = [
     ("STARTUP_SYNC_WAIT", 0.0, 2.0),
     ("STRICT_CACHE", "default", "strict"),
     ("STRICT_FAIL_OPEN", False, True),
+    ("PROMETHEUS", None, False),
 ]
 
 

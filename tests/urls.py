@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from django.contrib import admin
 from django.urls import path
+from prometheus_client.django import PrometheusDjangoView
 
 from tests import views
 
 urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("metrics/", PrometheusDjangoView.as_view()),
     path("sync/", views.sync_view),
     path("async/", views.async_view),
     path("cbv/", views.LimitedView.as_view()),

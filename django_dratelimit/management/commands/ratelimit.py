@@ -14,6 +14,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import client
 from ...conf import conf
+from ...ops.render import duration as _duration
+from ...ops.render import period as _period
+from ...ops.render import plural as _plural
 from ...rates import (
     InvalidRate,
     Rate,
@@ -406,35 +409,6 @@ def _footer(gathered: client.Gathered) -> str:
     if gathered.ignored:
         text += f"; {_plural(gathered.ignored, 'reply')} ignored"
     return text + ")."
-
-
-def _plural(count: int, word: str) -> str:
-    if count == 1:
-        return f"1 {word}"
-    return f"{count} {word[:-1] + 'ies' if word.endswith('y') else word + 's'}"
-
-
-def _period(seconds: int) -> str:
-    """``60`` -> ``1m``, ``300`` -> ``5m``, ``90`` -> ``90s``."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _duration(seconds: float) -> str:
-    """Compact and coarse: ``0.4s``, ``42s``, ``4m12s``, ``2h05m``, ``3d04h``."""
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def _utc(timestamp: float) -> datetime.datetime:

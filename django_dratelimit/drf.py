@@ -29,6 +29,7 @@ from rest_framework.throttling import BaseThrottle
 
 from .algorithms import EVENTUAL, STRICT, validate_choice
 from .conf import conf
+from .decisions import count as count_decision
 from .decorators import record
 from .keys import normalize
 from .limiter import get_limiter
@@ -124,6 +125,7 @@ class SimpleRateThrottle(BaseThrottle):  # type: ignore[misc]
             group, key, rates, self.algorithm or limiter.algorithm, 1, "", self.consistency
         )
         self.usage = usage
+        count_decision(group, usage.should_limit)  # dratelimit_decisions_total
         # On the Django request: RateLimitMiddleware adds the headers from it.
         record(getattr(request, "_request", request), usage)
         return not usage.should_limit

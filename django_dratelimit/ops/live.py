@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import client
 from ..management.commands.ratelimit import reset_strict, strict_counters, strict_views
+from ..scopes import base_key
 from .render import duration, period, plural
 
 logger = logging.getLogger("django_dratelimit")
@@ -38,6 +39,11 @@ class Row:
     budget: int | None  # budget mode (issue 11): None until BucketView carries it
 
     @property
+    def client(self) -> str:
+        """The key without its limit's scope: what a reset of this client names."""
+        return base_key(self.key)
+
+    @property
     def spread(self) -> int:
         """How far the processes disagree on the count (0 once they have synced)."""
         return self.count - self.low
@@ -54,6 +60,7 @@ class Row:
         return {
             "group": self.group,
             "key": self.key,
+            "client": self.client,
             "period": self.period,
             "window": self.window,
             "window_start": self.window_start,

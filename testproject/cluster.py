@@ -83,9 +83,13 @@ def state(request: HttpRequest) -> JsonResponse:
     if algorithm not in ALGORITHMS:
         return _bad_request(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     try:
-        # Read where @ratelimit counts (per rate, in the key's staggered window): with
-        # get_usage and a key that names the counter, not with limiter.get().
-        usage = get_usage(request, group, key=lambda g, r: key, rate=rate, algorithm=algorithm)
+        if request.GET.get("raw"):
+            # Where limiter.hit() and the DRF throttles count: the key as given.
+            usage = get_limiter().get(group, key, rate, algorithm=algorithm)
+        else:
+            # Where @ratelimit counts (per rate, in the key's staggered window): with
+            # get_usage and a key that names the counter, not with limiter.get().
+            usage = get_usage(request, group, key=lambda g, r: key, rate=rate, algorithm=algorithm)
     except ValueError as exc:  # InvalidRate is one
         return _bad_request(str(exc))
     if usage is None:

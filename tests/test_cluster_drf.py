@@ -60,7 +60,9 @@ def test_a_drf_throttle_is_shared_by_three_processes(
     # Every process ends up knowing every request, refused ones included.
     key = f"throttle_cluster-drf_{ADDRESS}"
     wait_for(
-        lambda: all(n.state(group="cluster-drf", key=key)["count"] == REQUESTS for n in nodes),
+        lambda: all(
+            n.state(group="cluster-drf", key=key, raw="1")["count"] == REQUESTS for n in nodes
+        ),
         5,
         "every process to count every request",
     )

@@ -82,6 +82,7 @@ def state(request: HttpRequest) -> JsonResponse:
         return _bad_request("delay must be a number of seconds")
     if algorithm not in ALGORITHMS:
         return _bad_request(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    usage: Any
     try:
         if request.GET.get("raw"):
             # Where limiter.hit() and the DRF throttles count: the key as given.

@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "ANTI_ENTROPY_INTERVAL": 5.0,
     "MAX_MESSAGE_BUCKETS": 500,
     "STARTUP_SYNC_WAIT": 0.0,
+    # Near-exact eventual mode: per-process shares of what remains of a limit.
+    "BUDGETS": True,
+    "BUDGET_HEADROOM": 2.0,
     # Strict mode (reserved for the strict-mode issue)
     "STRICT_CACHE": "default",
     "STRICT_FAIL_OPEN": False,
@@ -197,6 +200,14 @@ class Settings:
     @property
     def STARTUP_SYNC_WAIT(self) -> float:
         return float(self._get("STARTUP_SYNC_WAIT"))
+
+    @property
+    def BUDGETS(self) -> bool:
+        return bool(self._get("BUDGETS"))
+
+    @property
+    def BUDGET_HEADROOM(self) -> float:
+        return float(self._get("BUDGET_HEADROOM"))
 
     @property
     def STRICT_CACHE(self) -> str:

@@ -110,8 +110,10 @@ class Limiter:
         now = self.clock()
         seconds = _floor(now)  # algorithms.window_start(), inlined
         start = seconds - seconds % period
-        current = self._add((group, key, period, start), cost, now)
+        current = self._add((group, key, period, start), cost, now, limit)
         end = start + period
+        if current < 0:
+            return over_budget(group, key, limit, period, now, FIXED_WINDOW, name)
         return _new_usage(
             Usage,
             (
@@ -245,12 +247,20 @@ class Limiter:
         else:
             stored, start = bucket(group, key, rate.limit, period, now, scope, stagger)
         bucket_key = (group, stored, period, start)
-        current = store.add(bucket_key, cost, now) if cost else store.total(bucket_key)
         previous = (
             store.total((group, stored, period, start - period))
             if algorithm == SLIDING_WINDOW
             else 0
         )
+        if not cost:
+            current = store.total(bucket_key)
+        else:
+            # What this window may still take: the sliding estimate carries part
+            # of the previous window (budgets are shares of what remains).
+            carried = math.ceil(previous * (start + period - now) / period) if previous else 0
+            current = store.add(bucket_key, cost, now, max(0, rate.limit - carried))
+            if current < 0:
+                return over_budget(group, key, rate.limit, period, now, algorithm, name)
         return window_usage(group, key, rate, algorithm, name, now, start, current, previous)
 
     def _check_strict(
@@ -410,6 +420,17 @@ class Limiter:
             if not retired and self._sync_wanted and self.sync is None:
                 self._sync_checked = False  # closed when it was replaced: sync again
             self._update_fast()
+
+
+def over_budget(
+    group: str, key: str, limit: int, period: int, now: float, algorithm: str, name: str
+) -> Usage:
+    """Refused by this process's budget (see ``budgets``): nothing left here until the
+    next sync round brings a new one, so ``remaining`` is 0 and a retry is worth it in 1 s.
+    """
+    return _new_usage(
+        Usage, (group, key, limit, limit, period, True, 1.0, now + 1.0, algorithm, name, ())
+    )
 
 
 class _SingleRates(dict[str, "tuple[int, int] | None"]):

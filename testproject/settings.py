@@ -20,6 +20,7 @@ Environment variables:
   admin page's browser test gives its servers a database of their own.
 - ``DRATELIMIT_SYNC_INTERVAL``, ``DRATELIMIT_ANTI_ENTROPY``,
   ``DRATELIMIT_STARTUP_SYNC_WAIT``: seconds, see the DRATELIMIT settings.
+- ``DRATELIMIT_BUDGETS``, ``DRATELIMIT_STAGGER_WINDOWS``: "0" turns them off.
 
 For ``bench/bench_http.py`` (see ``testproject.bench_views``):
 
@@ -170,6 +171,8 @@ DRATELIMIT = {
     "SYNC_INTERVAL": env_float("DRATELIMIT_SYNC_INTERVAL", 0.05),
     "ANTI_ENTROPY_INTERVAL": env_float("DRATELIMIT_ANTI_ENTROPY", 5.0),
     "STARTUP_SYNC_WAIT": env_float("DRATELIMIT_STARTUP_SYNC_WAIT", 0.0),
+    "BUDGETS": env_bool("DRATELIMIT_BUDGETS", True),
+    "STAGGER_WINDOWS": env_bool("DRATELIMIT_STAGGER_WINDOWS", True),
 }
 
 # DRF (testproject.drf_views, when installed): our throttles, by the one-line switch.

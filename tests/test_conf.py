@@ -42,6 +42,8 @@ CASES: list[tuple[str, Any, Any]] = [
     ("ANTI_ENTROPY_INTERVAL", 5.0, 1.5),
     ("MAX_MESSAGE_BUCKETS", 500, 50),
     ("STARTUP_SYNC_WAIT", 0.0, 2.0),
+    ("BUDGETS", True, False),
+    ("BUDGET_HEADROOM", 2.0, 4.0),
     ("STRICT_CACHE", "default", "strict"),
     ("STRICT_FAIL_OPEN", False, True),
     ("PROMETHEUS", None, False),

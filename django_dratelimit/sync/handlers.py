@@ -96,6 +96,7 @@ class Handlers:
         entries = protocol.check_entries(raw, now)
         self.metrics.buckets_received += len(entries)
         self.metrics.merges += self.store.merge(origin, entries, now)
+        self.node.rebudget((e[0], e[1], e[2], e[3]) for e in entries)
 
     def _apply_resets(self, raw: Any, now: float) -> None:
         resets = protocol.decode_resets(raw, now)
@@ -130,6 +131,7 @@ class Handlers:
             self.metrics.resets_applied += len(resets)
         self.metrics.buckets_received += len(entries)
         self.metrics.merges += self.store.merge(sender, entries, now)
+        self.node.rebudget((e[0], e[1], e[2], e[3]) for e in entries)  # a new picture: new budgets
         if payload.get("full") is True:
             self.peers.caught_up_to(peer, seq)
 
@@ -186,6 +188,7 @@ class Handlers:
         for origin, entries in relay.items():
             self.metrics.buckets_received += len(entries)
             self.metrics.merges += self.store.merge(origin, entries, now)
+            self.node.rebudget((e[0], e[1], e[2], e[3]) for e in entries)
         if payload.get("last") is True:
             self.node.relay_received.set()
 

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ..logutil import log_throttled
@@ -43,6 +43,7 @@ MAX_REPLIES_IN_FLIGHT = 64
 PEERS_PER_HEARTBEAT = 8  # past this many peers, heartbeats slow down in proportion
 JOIN_MIN, JOIN_QUIET, JOIN_MAX = 0.15, 0.1, 1.0  # seconds to gather the answers to a join
 RELAY_WAIT = 1.0
+LATENCY_ALLOWANCE = 0.05  # broker latency and scheduling: part of a round, for the budgets
 # Only for tests that build nodes by hand; processes sign with keys from SECRET_KEY.
 TEST_KEYS = (b"django-dratelimit tests only",)
 
@@ -63,6 +64,8 @@ class SyncNode:
         layer_name: str = "",
         keys: Sequence[bytes] = TEST_KEYS,
         receive_budget: float = 40.0,
+        budgets: bool = True,
+        budget_headroom: float = 2.0,
     ) -> None:
         self.store = store
         self.layer = layer
@@ -74,6 +77,9 @@ class SyncNode:
         self.layer_name = layer_name or type(layer).__name__
         self.keys = list(keys)
         self.receive_budget = receive_budget
+        self.budgets = budgets
+        self.budget_headroom = budget_headroom
+        self.members: list[str] = []  # the live peers' ids, for the budgets
         self.metrics = Metrics()
         self.peers = Peers(store.origin)
         self.host = socket.gethostname()
@@ -281,6 +287,15 @@ class SyncNode:
             self.store.mark_dirty(e[:4] for e in entries)
             self.store.requeue_resets(resets)
             raise
+        # Our part of the picture moved on: new budgets for what we sent.
+        self.rebudget(e[:4] for e in entries)
+
+    def rebudget(self, bucket_keys: Iterable[BucketKey]) -> None:
+        if self.budgets and self.members:
+            round_time = self.effective_interval + LATENCY_ALLOWANCE
+            self.store.rebudget(
+                bucket_keys, self.members, self.clock(), round_time, self.budget_headroom
+            )
 
     async def _broadcast_state(
         self, entries: list[Entry], resets: list[ResetState], full: bool = False
@@ -306,6 +321,7 @@ class SyncNode:
         now = self.clock()
         self.peers.forget_silent(now, self.heartbeat_interval())
         self.effective_interval = self._stretched_interval(now)
+        self._count_members(now)
 
     def _until_next_round(self) -> float:
         """Rounds end on multiples of the interval, by the wall clock, in every process.
@@ -328,7 +344,17 @@ class SyncNode:
         return max(self.interval, live / self.receive_budget)
 
     def peer_joined(self) -> None:
-        self.effective_interval = self._stretched_interval(self.clock())
+        now = self.clock()
+        self.effective_interval = self._stretched_interval(now)
+        self._count_members(now)
+
+    def _count_members(self, now: float) -> None:
+        """Who shares the budgets. Not while cut off: then the last shares hold."""
+        if self._degraded:
+            return
+        self.members = [p.origin for p in self.peers.live(now, self.heartbeat_interval())]
+        self.store.members = list(self.members)
+        self.store.processes = len(self.members) + 1 if self.budgets else 1
 
     def fields(self, kind: str, extra: dict[str, Any]) -> dict[str, Any]:
         return {"node": self.store.origin, "ch": self.channel, "ts": self.clock(), **extra}

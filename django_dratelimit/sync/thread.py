@@ -46,6 +46,8 @@ class SyncThread:
         self._anti_entropy = conf.ANTI_ENTROPY_INTERVAL
         self._chunk = conf.MAX_MESSAGE_BUCKETS
         self._receive_budget = conf.SYNC_RECEIVE_BUDGET
+        self._budgets = conf.BUDGETS
+        self._budget_headroom = conf.BUDGET_HEADROOM
 
     def start(self) -> None:
         self._thread.start()
@@ -93,6 +95,8 @@ class SyncThread:
             layer_name=str(config.get("BACKEND", "")),
             keys=self._keys,
             receive_budget=self._receive_budget,
+            budgets=self._budgets,
+            budget_headroom=self._budget_headroom,
         )
         self.node = node
         # The caller only waits for this point, never for the broker.

@@ -45,11 +45,15 @@ def settle_time(servers: list[DemoServer]) -> float:
 
 
 def server_env(redis: RedisServer, layer: str, **extra: str) -> dict[str, str]:
+    """The servers' settings. Budgets off: these tests check that every hit, refused
+    ones included, reaches every process, and the bound without budgets (the worst
+    case); tests/test_budgets_cluster.py checks budgets."""
     env = {
         "REDIS_URL": redis.url,
         "DEMO_CLUSTER_RATE": RATE,
         "DRATELIMIT_SYNC_INTERVAL": str(SYNC_INTERVAL),
         "DRATELIMIT_ANTI_ENTROPY": "1.0",
+        "DRATELIMIT_BUDGETS": "0",
     }
     env["DRATELIMIT_LAYER"] = layer
     env.update(extra)

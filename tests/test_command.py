@@ -769,6 +769,7 @@ def server_env(redis: RedisServer, layer: str) -> dict[str, str]:
         "DEMO_CLUSTER_RATE": "100/h",
         "DRATELIMIT_SYNC_INTERVAL": "0.05",
         "DRATELIMIT_ANTI_ENTROPY": "1.0",
+        "DRATELIMIT_BUDGETS": "0",  # exact per-node counts to inspect
     }
     env["DRATELIMIT_LAYER"] = layer
     return env

@@ -165,6 +165,28 @@ def _check_sync(get: Callable[[str], Any], raw: dict[str, Any]) -> list[CheckMes
                 3,
             )
         )
+    budget = get("SYNC_RECEIVE_BUDGET")
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+        errors.append(
+            _error(
+                "DRATELIMIT['SYNC_RECEIVE_BUDGET'] must be a number of messages a second > 0.",
+                "40 (the default) keeps the sync under 2% of a core per process at 32 "
+                "processes; more syncs faster and costs more.",
+                60,
+            )
+        )
+    if not isinstance(get("BUDGETS"), bool):
+        errors.append(_error("DRATELIMIT['BUDGETS'] must be True or False.", "", 61))
+    headroom = get("BUDGET_HEADROOM")
+    if isinstance(headroom, bool) or not isinstance(headroom, int | float) or headroom < 0:
+        errors.append(
+            _error(
+                "DRATELIMIT['BUDGET_HEADROOM'] must be a number >= 0.",
+                "2 (the default): budget mode starts when what remains is at most twice "
+                "what one sync round may admit.",
+                62,
+            )
+        )
     anti = get("ANTI_ENTROPY_INTERVAL")
     if isinstance(anti, int | float) and not isinstance(anti, bool) and anti == 0:
         errors.append(

@@ -127,6 +127,8 @@ class Answer:
     truncated: bool = False
     removed: int = 0
     generation: int | None = None
+    # Buckets in budget mode on this node: the level each process may count up to.
+    plans: dict[tuple[str, str, int, int], dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,6 +178,8 @@ class BucketView:
     counts: dict[str, int]  # per origin, max-merged over the nodes
     limit: int | None
     strict: bool = False  # read from the strict cache, not from the nodes
+    # In budget mode: per process, the level it may count up to (as its nodes say).
+    budget: dict[str, int] | None = None
 
     @property
     def window_end(self) -> int:
@@ -199,6 +203,7 @@ class BucketView:
             "nodes": self.per_node,
             "counts": self.counts,
             "strict": self.strict,
+            "budget": self.budget,
         }
 
 
@@ -328,7 +333,15 @@ def parse_reply(
         buckets=tuple(protocol.decode_states(payload.get("buckets"), now)),
         rates=parse_rates(payload.get("rates")),
         truncated=truncated,
+        plans=parse_plans(payload.get("plans"), now),
     )
+
+
+def parse_plans(raw: Any, now: float) -> dict[tuple[str, str, int, int], dict[str, int]]:
+    if raw is None:
+        return {}  # a node that predates budgets
+    states = protocol.decode_states(raw, now)
+    return {(s.group, s.key, s.period, s.window_start): s.counts for s in states}
 
 
 # -- asking the group ----------------------------------------------------------------------
@@ -530,6 +543,15 @@ def known_limit(answers: Iterable[Answer], group: str, period: int) -> int | Non
     return None
 
 
+def _budget(answers: list[Answer], bucket: tuple[str, str, int, int]) -> dict[str, int] | None:
+    """The levels of a bucket in budget mode, max-merged over the nodes that say so."""
+    levels: dict[str, int] = {}
+    for answer in answers:
+        for origin, level in answer.plans.get(bucket, {}).items():
+            levels[origin] = max(levels.get(origin, 0), level)
+    return levels or None
+
+
 def merge_buckets(
     answers: list[Answer], now: float | None = None, current_only: bool = True
 ) -> list[BucketView]:
@@ -563,6 +585,7 @@ def merge_buckets(
                 per_node,
                 counts,
                 known_limit(answers, group, period),
+                budget=_budget(answers, (group, key, period, start)),
             )
         )
     views.sort(key=lambda v: (-v.total, v.group, v.key, v.period, v.window_start))

@@ -398,6 +398,10 @@ class Limiter:
                 self._sync_checked = True  # tried once, whatever happened
                 self._update_fast()
 
+    def budget_policies(self) -> set[str]:
+        """The groups with a bucket in budget mode in this process right now."""
+        return {group for group, *_ in self.store.planned(self.clock())}
+
     def close(self) -> None:
         """Stop the sync thread (tests, clean shutdown)."""
         with self._sync_lock:

@@ -200,10 +200,11 @@ def test_the_hottest_buckets_per_group(client: Client, staff: User, cluster: Fak
 def test_budget_mode_shows_once_a_bucket_carries_it(
     client: Client, staff: User, cluster: FakeCluster
 ) -> None:
-    cluster.views = [view("api", "k", 90, budget=7)]
+    cluster.views = [view("api", "k", 90, budget={"node-b": 5, "node-a": 95})]
     response = client.get(reverse(DATA))
 
-    assert response.json()["groups"][0]["rows"][0]["budget"] == 7
+    # Each process's level, in the order of their ids.
+    assert response.json()["groups"][0]["rows"][0]["budget"] == "95 / 5"
 
 
 def test_search_by_group_and_key(client: Client, staff: User, cluster: FakeCluster) -> None:

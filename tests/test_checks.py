@@ -275,6 +275,27 @@ def test_e021_bad_group_name(group: Any) -> None:
     assert ids(GROUP=group) == ["dratelimit.E021"]
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("SYNC_RECEIVE_BUDGET", 0, "dratelimit.E060"),
+        ("SYNC_RECEIVE_BUDGET", -5, "dratelimit.E060"),
+        ("SYNC_RECEIVE_BUDGET", "40", "dratelimit.E060"),
+        ("SYNC_RECEIVE_BUDGET", True, "dratelimit.E060"),
+        ("BUDGETS", "yes", "dratelimit.E061"),
+        ("BUDGETS", 1, "dratelimit.E061"),
+        ("BUDGET_HEADROOM", -1, "dratelimit.E062"),
+        ("BUDGET_HEADROOM", "2", "dratelimit.E062"),
+    ],
+)
+def test_bad_budget_settings(setting: str, value: Any, expected: str) -> None:
+    assert ids(**{setting: value}) == [expected]
+
+
+def test_good_budget_settings() -> None:
+    assert ids(SYNC_RECEIVE_BUDGET=100, BUDGETS=False, BUDGET_HEADROOM=0) == []
+
+
 @pytest.mark.parametrize("value", [0, "500", None])
 def test_e022_bad_max_message_buckets(value: Any) -> None:
     assert ids(MAX_MESSAGE_BUCKETS=value) == ["dratelimit.E022"]

@@ -910,3 +910,25 @@ class TestRealProcesses:
         wrong = manage(None, "inspect", "--limit", "x")
         assert wrong.returncode == 2  # argparse's usage error, from the command line
         assert "invalid int value: 'x'" in wrong.stderr
+
+
+def test_inspect_shows_budget_mode_and_every_process_share(
+    redis_db: RedisServer, nodes: Callable[[int], list[Limiter]]
+) -> None:
+    fresh_hour()
+    settings = {"SYNC_INTERVAL": 0.01, "ANTI_ENTROPY_INTERVAL": 0.5}  # budgets on (default)
+    with override_settings(
+        CHANNEL_LAYERS={"default": layer_config("core", redis_db.url)}, DRATELIMIT=settings
+    ):
+        first, second, third = nodes(3)
+        origins = {lim.store.origin for lim in (first, second, third)}
+        wait_for(lambda: first.store.processes == 3, 5, "the first node to know the others")
+        # A fresh bucket in a cluster: an equal share each until the first picture.
+        admitted = sum(first.hit("login", "9.9.9.9", "9/h").allowed for _ in range(5))
+        assert admitted == 3  # 9 // 3
+        data = run_json("inspect", "--group", "login", "--timeout", FAST)
+        (bucket,) = data["buckets"]
+        assert bucket["budget"] is not None
+        assert set(bucket["budget"]) <= origins
+        text = run("inspect", "--group", "login", "--timeout", FAST)
+        assert "* in budget mode" in text

@@ -189,9 +189,9 @@ def test_store_metrics(limiter: Limiter) -> None:
     samples = scrape()
     assert samples["dratelimit_buckets", ()] == 3
     assert samples["dratelimit_evictions_total", ()] == 7
-    # No sync configured: no sync families, and no budget mode yet (issue 11).
+    # No sync configured: no sync families, and no policy in budget mode (one process).
     assert not {n for n in dratelimit_names(samples) if n.startswith("dratelimit_sync_")}
-    assert "dratelimit_budget_mode_policies" not in dratelimit_names(samples)
+    assert samples["dratelimit_budget_mode_policies", ()] == 0
 
 
 def test_sync_node_metrics(limiter: Limiter) -> None:

@@ -36,7 +36,7 @@ class Row:
     seconds_left: float
     processes: int  # how many processes hold some of it
     strict: bool
-    budget: int | None  # budget mode (issue 11): None until BucketView carries it
+    budget: str | None  # in budget mode: each process's level, as "3 / 2 / 2"; else None
 
     @property
     def client(self) -> str:
@@ -134,7 +134,7 @@ def row_of(view: client.BucketView, now: float) -> Row:
         processes=len(view.per_node),
         strict=view.strict,
         # Issue 11 adds it to BucketView; until then every row shows "—".
-        budget=getattr(view, "budget", None),
+        budget=" / ".join(str(n) for _, n in sorted(view.budget.items())) if view.budget else None,
     )
 
 

@@ -27,10 +27,15 @@ def inspect_answer(node: SyncNode, payload: dict[str, Any]) -> dict[str, Any]:
     if isinstance(key, str) and key:
         states = [s for s in states if key in s.key]
     states.sort(key=lambda s: -s.total)
+    shown = states[: min(limit, MAX_INSPECT_BUCKETS)]
+    planned = node.store.planned(node.clock())
+    plans = [[*s[:4], s.generation, planned[s[:4]]] for s in shown if s[:4] in planned]
     return {
         "request": payload.get("id"),
         "info": node.node_info(),
-        "buckets": protocol.encode_states(states[: min(limit, MAX_INSPECT_BUCKETS)]),
+        "buckets": protocol.encode_states(shown),
+        # Buckets in budget mode here: the level each process may count up to.
+        "plans": plans,
         "rates": known_rates(),
         "truncated": len(states) > limit,
     }

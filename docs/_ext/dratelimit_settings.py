@@ -86,6 +86,14 @@ DESCRIPTIONS: dict[str, str] = {
         "Seconds a new process's first request may wait for its peers' counts. `0` never "
         "waits (see [A new process](cluster.md#a-new-process))."
     ),
+    "BUDGETS": (
+        "Near a limit, each process admits only its share of what remains, in proportion "
+        "to its traffic ([Budgets](budgets.md)). `False`: decide on the cluster total alone."
+    ),
+    "BUDGET_HEADROOM": (
+        "A bucket is in budget mode while what remains is at most this many times what "
+        "the cluster admits in one sync round, plus one per process."
+    ),
     "STRICT_CACHE": "The `CACHES` alias that strict limits count in ([Strict mode](strict.md)).",
     "STRICT_FAIL_OPEN": (
         "What strict limits do while their cache is unreachable: `True` admits, `False` limits."

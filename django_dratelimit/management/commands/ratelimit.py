@@ -154,7 +154,7 @@ class Command(BaseCommand):
                     view.key,
                     f"{_clock(view.window_start, view.period)} {_period(view.period)}",
                     _duration(view.seconds_left(now)),
-                    str(view.total),
+                    str(view.total) + ("*" if view.budget else ""),
                     "?" if view.limit is None else str(view.limit),
                     "strict cache" if view.strict else f"{view.low}..{view.total}",
                 ]
@@ -169,6 +169,11 @@ class Command(BaseCommand):
                 keep_tail={0},
             )
             self.stdout.write("")
+            if any(view.budget for view in views):
+                self.stdout.write(
+                    "* in budget mode: near its limit, each process admits only its share "
+                    "(inspect --json shows the shares)."
+                )
         else:
             self.stdout.write("No live counters match.")
         if gathered.answers:

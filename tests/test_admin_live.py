@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,16 +48,7 @@ def view(group: str, key: str, total: int, low: int | None = None, **extra: Any)
         "limit": 100,
         **extra,
     }
-    if "budget" in fields:
-        return BudgetView(**fields)
     return cluster_client.BucketView(**fields)
-
-
-@dataclass(frozen=True)
-class BudgetView(cluster_client.BucketView):
-    """What issue 11 may add to a bucket: the page must show it once it is there."""
-
-    budget: int | None = None
 
 
 class FakeCluster:

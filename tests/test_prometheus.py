@@ -77,7 +77,7 @@ def test_describe_names_every_family_without_building_the_limiter(
     described = {family.name for family in prometheus.DratelimitCollector().describe()}
     monkeypatch.undo()
     attach_node(limiter)
-    limiter.budget_policies = {"api"}  # type: ignore[attr-defined]
+    monkeypatch.setattr(limiter, "budget_policies", lambda: {"api"})
     collected = {family.name for family in prometheus.DratelimitCollector().collect()}
 
     assert collected <= described
@@ -272,9 +272,14 @@ def test_the_interval_gauge_reads_the_nodes_effective_interval(limiter: Limiter)
     assert scrape()["dratelimit_sync_interval_seconds", ()] == 0.8
 
 
-def test_budget_mode_policies_once_the_limiter_has_them(limiter: Limiter) -> None:
-    limiter.budget_policies = {"login", "api"}  # type: ignore[attr-defined]
+def test_budget_mode_policies_are_the_groups_in_budget_mode(
+    limiter: Limiter,
+) -> None:
+    limiter.store.processes, limiter.store.members = 4, ["b", "c", "d"]  # a cluster of 4
+    for group in ("login", "api", "login"):
+        limiter.hit(group, "k", "8/m")  # fresh buckets: an equal share each
 
+    assert limiter.budget_policies() == {"login", "api"}
     assert scrape()["dratelimit_budget_mode_policies", ()] == 2
 
 

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kinds = ("uvicorn",) if args.quick else ("uvicorn", "gunicorn")
     runs = args.runs or (1 if args.quick else 3)
-    names = ("round_robin", "one_process", "moving", "broker_down")
+    names: tuple[str, ...] = ("round_robin", "one_process", "moving", "broker_down")
     if args.quick:
         names = ("round_robin", "broker_down")
     redis = RedisServer()

@@ -75,6 +75,9 @@ class NodeInfo:
     group: str
     buckets: int
     sync_interval: float
+    # Sync v2: SYNC_INTERVAL stretched for the number of peers, and who they are.
+    effective_interval: float | None
+    peers: int | None
     started_at: float
     messages_sent: int
     messages_received: int
@@ -107,6 +110,8 @@ class NodeInfo:
             "group": self.group,
             "buckets": self.buckets,
             "sync_interval": self.sync_interval,
+            "effective_interval": self.effective_interval,
+            "peers": self.peers,
             "messages_sent": self.messages_sent,
             "messages_received": self.messages_received,
             "dropped": self.dropped,
@@ -233,6 +238,10 @@ def _count(value: Any, what: str) -> int:
     return protocol.count(value, what)
 
 
+def _optional_count(value: Any, what: str) -> int | None:
+    return None if value is None else _count(value, what)
+
+
 def parse_info(raw: Any, sender: str, now: float) -> NodeInfo:
     if not isinstance(raw, dict):
         raise MalformedMessage("info must be a dict")
@@ -262,6 +271,8 @@ def parse_info(raw: Any, sender: str, now: float) -> NodeInfo:
         group=protocol.required_text(raw.get("group"), "info.group"),
         buckets=_count(raw.get("buckets"), "info.buckets"),
         sync_interval=_number(raw.get("sync_interval"), "info.sync_interval") or 0.0,
+        effective_interval=_number(raw.get("effective_interval"), "info.effective_interval", True),
+        peers=_optional_count(raw.get("peers"), "info.peers"),
         started_at=_number(metrics.get("started_at"), "metrics.started_at") or 0.0,
         messages_sent=counters["messages_sent"],
         messages_received=counters["messages_received"],

@@ -932,3 +932,16 @@ def test_inspect_shows_budget_mode_and_every_process_share(
         assert set(bucket["budget"]) <= origins
         text = run("inspect", "--group", "login", "--timeout", FAST)
         assert "* in budget mode" in text
+
+
+def test_nodes_shows_the_effective_interval(
+    core: str, nodes: Callable[[int], list[Limiter]]
+) -> None:
+    nodes(2)
+    wait_for(lambda: "Effective" in run("nodes", "--timeout", FAST), 5, "both nodes")
+    lines = run("nodes", "--timeout", FAST).splitlines()
+    # One peer against a receive budget of 40 messages a second: 0.025 s, not 0.01 s.
+    assert lines[-1] == "Effective sync interval: 0.025 s (stretched for the peers)."
+    data = run_json("nodes", "--timeout", FAST)
+    assert {n["effective_interval"] for n in data["nodes"]} == {0.025}
+    assert {n["peers"] for n in data["nodes"]} == {1}

@@ -221,6 +221,11 @@ class Command(BaseCommand):
         self.stdout.write(_footer(gathered))
         if len(layers) == 1:
             self.stdout.write(f"Channel layer: {layers.pop()}.")
+        intervals = sorted({i.effective_interval for i in infos} - {None})  # type: ignore[type-var]
+        if intervals:
+            low, high = f"{intervals[0]:g} s", f"{intervals[-1]:g} s"
+            shown = low if low == high else f"{low} to {high}"
+            self.stdout.write(f"Effective sync interval: {shown} (stretched for the peers).")
 
     # -- reset -------------------------------------------------------------------------
 

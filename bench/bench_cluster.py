@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model, load_average  # noqa: E402
-from workers import Worker, redis_info  # noqa: E402
+from workers import Worker, emit, redis_info, setup_django  # noqa: E402
 
 from django_dratelimit.scopes import window_offset  # noqa: E402
 from tests.cluster import LOOPBACK, DemoServer, RedisServer, load, wait_for  # noqa: E402
@@ -1000,16 +1000,9 @@ def machine_info(redis_port: int) -> dict[str, Any]:
 # -- the in-process driver (this file run with --worker) --------------------------------
 
 
-def emit(event: str, **data: Any) -> None:
-    print(json.dumps({"event": event, **data}), flush=True)
-
-
 def worker_main() -> int:
     """A Django process hitting one key at a paced rate; the parent steers it over stdin."""
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
-    django.setup()
+    setup_django()
     from django_dratelimit.limiter import get_limiter
 
     limiter = get_limiter()

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from machine import cpu_model, load_average  # noqa: E402
-from workers import Worker, redis_info  # noqa: E402
+from workers import Worker, emit, redis_info, setup_django  # noqa: E402
 
 from tests.cluster import RedisServer  # noqa: E402
 
@@ -100,15 +100,8 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def emit(event: str, **data: Any) -> None:
-    print(json.dumps({"event": event, **data}), flush=True)
-
-
 def worker_main() -> int:
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
-    django.setup()
+    setup_django()
     from django_dratelimit.limiter import get_limiter
 
     limiter = get_limiter()

@@ -20,6 +20,19 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def emit(event: str, **data: Any) -> None:
+    """A driven process's answer to its parent: one JSON line with an ``event``."""
+    print(json.dumps({"event": event, **data}), flush=True)
+
+
+def setup_django() -> None:
+    """Django set up with the demo project's settings, in a driven process."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
+    django.setup()
+
+
 def redis_info(port: int, section: str) -> dict[str, Any]:
     """``INFO section`` of the redis-server on this loopback port."""
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)

@@ -214,31 +214,34 @@ class Handlers:
         node = self.node
         seq = node.seq  # read with the snapshot: it covers every state message up to seq
         entries = self.store.own_entries(node.clock())
-        resets = protocol.encode_resets(self.store.own_resets())
-        batches = list(protocol.chunks(entries, node.chunk))
-        for index, batch in enumerate(batches):
-            fields: dict[str, Any] = {"seq": seq, "e": protocol.encode_entries(batch)}
-            if index == 0 and resets:
-                fields["r"] = resets
-            if index == len(batches) - 1:
-                fields["last"] = True
-            await node._send(channel, protocol.OWN, fields, buckets=len(batch))
+        batches = [
+            {"seq": seq, "e": protocol.encode_entries(batch)}
+            for batch in protocol.chunks(entries, node.chunk)
+        ]
+        await self._send_answer(channel, protocol.OWN, batches, self.store.own_resets())
         self.metrics.answers_sent += 1
 
     async def _send_relay(self, channel: str, exclude: set[str]) -> None:
         node = self.node
         relay = self.store.relay_entries(node.clock(), exclude)
         flat = [(origin, e) for origin, entries in relay.items() for e in entries]
-        resets = protocol.encode_resets(self.store.reset_states())
-        batches = list(protocol.chunks(flat, node.chunk))
-        for index, batch in enumerate(batches):
+        batches = []
+        for batch in protocol.chunks(flat, node.chunk):
             grouped: dict[str, list[Any]] = {}
             for origin, entry in batch:
                 grouped.setdefault(origin, []).append(list(entry))
-            fields: dict[str, Any] = {"rl": grouped}
+            batches.append({"rl": grouped})
+        await self._send_answer(channel, protocol.RELAY, batches, self.store.reset_states())
+        self.metrics.relays_sent += 1
+
+    async def _send_answer(
+        self, channel: str, kind: str, batches: list[dict[str, Any]], resets: list[Any]
+    ) -> None:
+        """An answer in chunks: the resets with the first, ``last`` on the last."""
+        for index, fields in enumerate(batches):
             if index == 0 and resets:
-                fields["r"] = resets
+                fields["r"] = protocol.encode_resets(resets)
             if index == len(batches) - 1:
                 fields["last"] = True
-            await node._send(channel, protocol.RELAY, fields, buckets=len(batch))
-        self.metrics.relays_sent += 1
+            size = len(fields.get("e", ())) + sum(len(e) for e in fields.get("rl", {}).values())
+            await self.node._send(channel, kind, fields, buckets=size)

@@ -190,3 +190,11 @@ def test_alone_or_with_budgets_off_nothing_changes(clock: FakeClock) -> None:
     limiter = Limiter(CounterStore(), clock=clock, sync=False)  # processes = 1
     assert sum(limiter.hit("g", "k", "10/m").allowed for _ in range(20)) == 10
     assert limiter.get("g", "k", "10/m").count == 20  # every hit counted, as always
+
+
+def test_a_bucket_first_heard_from_a_peer_still_starts_with_a_share(clock: FakeClock) -> None:
+    limiter, store = clustered(clock)
+    start = int(clock.now // 60) * 60
+    store.merge("b", [Entry("g", "k", 60, start, 0, 10, 0)], clock.now)  # before any hit here
+    admitted = sum(limiter.hit("g", "k", "100/m").allowed for _ in range(60))
+    assert admitted == 25  # the equal share, not the 90 the total would allow

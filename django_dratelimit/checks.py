@@ -170,8 +170,8 @@ def _check_sync(get: Callable[[str], Any], raw: dict[str, Any]) -> list[CheckMes
         errors.append(
             _error(
                 "DRATELIMIT['SYNC_RECEIVE_BUDGET'] must be a number of messages a second > 0.",
-                "40 (the default) keeps the sync under 2% of a core per process at 32 "
-                "processes; more syncs faster and costs more.",
+                "35 (the default) keeps the sync under 1.5% of a core per process at 16 "
+                "processes and 2% at 32; more syncs faster and costs more.",
                 60,
             )
         )

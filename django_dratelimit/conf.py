@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "SYNC_INTERVAL": 0.05,
     # The most batched sync messages a second a process should have to read from its
     # peers: past that many peers, every process stretches its interval to match.
-    "SYNC_RECEIVE_BUDGET": 40,
+    "SYNC_RECEIVE_BUDGET": 35,
     "ANTI_ENTROPY_INTERVAL": 5.0,
     "MAX_MESSAGE_BUCKETS": 500,
     "STARTUP_SYNC_WAIT": 0.0,

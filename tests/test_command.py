@@ -940,8 +940,8 @@ def test_nodes_shows_the_effective_interval(
     nodes(2)
     wait_for(lambda: "Effective" in run("nodes", "--timeout", FAST), 5, "both nodes")
     lines = run("nodes", "--timeout", FAST).splitlines()
-    # One peer against a receive budget of 40 messages a second: 0.025 s, not 0.01 s.
-    assert lines[-1] == "Effective sync interval: 0.025 s (stretched for the peers)."
+    # One peer against a receive budget of 35 messages a second: 1/35 s, not 0.01 s.
+    assert lines[-1] == f"Effective sync interval: {1 / 35:g} s (stretched for the peers)."
     data = run_json("nodes", "--timeout", FAST)
-    assert {n["effective_interval"] for n in data["nodes"]} == {0.025}
+    assert {n["effective_interval"] for n in data["nodes"]} == {1 / 35}
     assert {n["peers"] for n in data["nodes"]} == {1}

@@ -38,7 +38,7 @@ CASES: list[tuple[str, Any, Any]] = [
     ("CHANNEL_LAYER", "default", None),
     ("GROUP", None, "other-group"),  # None: site_group()
     ("SYNC_INTERVAL", 0.05, 0.0),
-    ("SYNC_RECEIVE_BUDGET", 40.0, 100.0),
+    ("SYNC_RECEIVE_BUDGET", 35.0, 100.0),
     ("ANTI_ENTROPY_INTERVAL", 5.0, 1.5),
     ("MAX_MESSAGE_BUCKETS", 500, 50),
     ("STARTUP_SYNC_WAIT", 0.0, 2.0),

@@ -63,7 +63,7 @@ class SyncNode:
         clock: Callable[[], float] = time.time,
         layer_name: str = "",
         keys: Sequence[bytes] = TEST_KEYS,
-        receive_budget: float = 40.0,
+        receive_budget: float = 35.0,
         budgets: bool = True,
         budget_headroom: float = 2.0,
     ) -> None:

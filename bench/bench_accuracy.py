@@ -91,11 +91,17 @@ def measure(kind: str, name: str, budgets: bool, redis: RedisServer) -> dict[str
     redis.start() if not redis.ping() else redis.command("FLUSHALL")
     servers = start(kind, env(redis, budgets))
     try:
-        # Warm every process (the first request joins the cluster), then let them meet.
-        for _ in range(3 * PROCESSES):
+        # Warm every process (the first request joins the cluster) until each one
+        # knows the others: gunicorn's kernel-balanced workers need several tries.
+        joined: dict[int, int] = {}
+
+        def all_joined() -> bool:
             for server in servers:
-                server.get("/cluster/noop/")
-        time.sleep(1.5)
+                state = server.state()
+                joined[state["pid"]] = (state["sync"] or {}).get("peers", 0)
+            return len(joined) == PROCESSES and min(joined.values()) == PROCESSES - 1
+
+        wait_for(all_joined, 30, "every process to know the others")
         if kind == "gunicorn" and name in ("one_process", "moving"):
             return {"kind": kind, "scenario": name, "budgets": budgets, "skipped": True}
         fresh_minute()

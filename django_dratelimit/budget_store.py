@@ -50,10 +50,18 @@ class BudgetedStore:
 
     # -- the request path (the caller holds the lock) --------------------------------
 
-    def _start_plan(self, bucket: Bucket, limit: int, now: float) -> None:
-        """A fresh bucket in a cluster: an equal share each until the first picture."""
+    def _new_limit(self, bucket: Bucket, limit: int, now: float) -> None:
+        """The first check of a bucket against ``limit`` here (or against another one).
+
+        In a cluster it starts with an equal share each until the first picture
+        (the bucket may have come with a peer's counts: they count as used).
+        """
+        first = not bucket.limit
         bucket.limit = limit
-        share = initial_budget(limit, self.processes)
+        if not limit:
+            bucket.plan = None  # "0/m", or a caller that names no limit: no budgets
+            return
+        share = initial_budget(limit, self.processes) if first else None
         if share is not None:
             everyone = {*self.members, self.origin}
             bucket.plan = Plan(share, {o: (share, now) for o in everyone})
@@ -64,7 +72,6 @@ class BudgetedStore:
         plan = bucket.plan
         assert plan is not None
         local = bucket.local + amount
-        bucket.limit = limit
         if local > plan.allowed:
             # Not counted: the hit asked for a share it did not get. The bucket goes
             # out with the next round, whose picture brings a new budget.

@@ -146,14 +146,10 @@ class CounterStore(BudgetedStore):
             bucket = self._buckets.get(bucket_key)
             if bucket is None:
                 bucket = self._create(bucket_key, now)
-            if limit and not bucket.limit and self.processes > 1:
-                # The first check against this limit here (the bucket may have come
-                # with a peer's counts): an equal share until the first picture.
-                self._start_plan(bucket, limit, now)
-            if bucket.plan is not None and limit:
+            if bucket.limit != limit:
+                self._new_limit(bucket, limit, now)
+            if bucket.plan is not None:
                 return self._add_planned(bucket_key, bucket, amount, now, limit)
-            if limit:
-                bucket.limit = limit
             bucket.local += amount
             total = bucket.total = bucket.total + amount
             if self.track_dirty:

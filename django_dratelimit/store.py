@@ -35,6 +35,7 @@ BucketKey = tuple[str, str, int, int]  # group, key, period, window start
 # hits and not part of the total): the token bucket keeps its running maximum there.
 REGISTER = "~max"
 EVICTION_WARNING_EVERY = 60.0
+PROTECTED_TRIES = 16  # buckets at their limit skipped by one eviction, at most
 # Resets are remembered long enough to outlive any bucket they cancel (2 x the longest period).
 RESET_TTL = 2 * 31 * 86400
 
@@ -251,7 +252,17 @@ class CounterStore(BudgetedStore):
             self._own_resets = {k: g for k, g in self._own_resets.items() if g > horizon}
 
     def _evict_oldest(self, now: float) -> None:
-        self._buckets.popitem(last=False)
+        buckets = self._buckets
+        # A bucket that is refusing someone right now (at its limit) goes to the back of
+        # the line: a flood of fresh keys must not lift a limit that is holding. A few
+        # tries only, so a store full of limiting buckets still evicts in O(1).
+        for _ in range(PROTECTED_TRIES):
+            bucket_key, bucket = buckets.popitem(last=False)
+            if not (bucket.limit and bucket.total >= bucket.limit and bucket.expires_at > now):
+                break
+            buckets[bucket_key] = bucket
+        else:
+            buckets.popitem(last=False)
         self.evictions += 1
         if now - self._last_eviction_warning >= EVICTION_WARNING_EVERY:
             self._last_eviction_warning = now

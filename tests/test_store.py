@@ -657,3 +657,20 @@ def test_concurrent_adds_and_merges_are_exact() -> None:
         thread.join()
     assert store.total(bk()) == 4 * rounds
     assert states(store, [bk()]) == [state({"me": 2 * rounds, "A": rounds, "B": rounds})]
+
+
+def test_eviction_skips_a_bucket_that_is_limiting_someone() -> None:
+    store = CounterStore(max_keys=3, origin="me")
+    store.add(bk("victim"), 5, NOW, limit=5)  # at its limit: refusing this client
+    for i in range(10):  # a flood of fresh keys
+        store.add(bk(f"flood{i}"), 1, NOW, limit=5)
+    assert store.total(bk("victim")) == 5
+    assert len(store) == 3
+    assert store.evictions == 8
+
+
+def test_eviction_still_evicts_when_every_bucket_is_limiting() -> None:
+    store = CounterStore(max_keys=2, origin="me")
+    for i in range(4):
+        store.add(bk(f"k{i}"), 5, NOW, limit=5)
+    assert len(store) == 2

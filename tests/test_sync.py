@@ -385,3 +385,25 @@ async def test_inspect_and_reset_requests_are_answered(cluster: Cluster) -> None
     )
     assert answer["removed"] == 1
     assert node.store.total(key) == 0
+
+
+async def test_undecodable_bytes_are_a_drop_not_a_broker_outage(cluster: Cluster) -> None:
+    import msgpack
+
+    inner = cluster.layer
+    calls = {"n": 0}
+
+    class Garbage(FlakyLayer):
+        async def receive(self, channel: str) -> dict[str, Any]:
+            calls["n"] += 1
+            if calls["n"] <= 3:  # what channels_redis raises on bytes that are no message
+                raise msgpack.exceptions.ExtraData(1, b"junk")
+            message: dict[str, Any] = await inner.receive(channel)
+            return message
+
+    node = await cluster.add(layer=Garbage(inner))
+    await eventually(lambda: node.metrics.dropped_malformed == 3)
+    assert node.metrics.broker_errors == 0
+    peer = await cluster.add()
+    peer.store.add(bucket(), 2, time.time())
+    await eventually(lambda: node.store.total(bucket()) == 2)

@@ -58,6 +58,10 @@ class Handlers:
         except Exception:
             self._dropped("handler_error", message, "", exc_info=True)
 
+    def undecodable(self, exc: BaseException) -> None:
+        """The layer could not even deserialize a message."""
+        self._dropped("malformed", None, f"{type(exc).__name__}: {exc}")
+
     def _dropped(self, reason: str, message: Any, detail: str, exc_info: bool = False) -> None:
         self.metrics.drop(reason)
         kind = message.get("type") if isinstance(message, dict) else type(message).__name__

@@ -26,6 +26,15 @@ def layer_config(alias: str | None) -> dict[str, Any] | None:
     return config
 
 
+def is_undecodable(exc: BaseException) -> bool:
+    """The layer could not deserialize what arrived (msgpack, or channels' own checks)."""
+    if type(exc).__module__.startswith("msgpack"):
+        return True
+    return isinstance(exc, ValueError | TypeError | UnicodeDecodeError) and not type(
+        exc
+    ).__module__.startswith("redis")
+
+
 def is_idle_timeout(exc: BaseException) -> bool:
     """redis-py's socket timeout firing during an idle blocking receive."""
     return type(exc).__name__ == "TimeoutError" and type(exc).__module__.startswith("redis")

@@ -31,7 +31,7 @@ from ..logutil import log_throttled
 from ..store import BucketKey, CounterStore, Entry, ResetState
 from . import protocol
 from .handlers import Handlers
-from .layers import close_layer, is_idle_timeout
+from .layers import close_layer, is_idle_timeout, is_undecodable
 from .metrics import Metrics
 from .peers import Peers
 
@@ -420,6 +420,11 @@ class SyncNode:
                 raise
             except Exception as exc:
                 _raise_if_cancelling()
+                if is_undecodable(exc):
+                    # Somebody published bytes that are no message at all: a drop,
+                    # not a broker outage (that would make every node re-join).
+                    self.handlers.undecodable(exc)
+                    continue
                 if is_idle_timeout(exc):
                     self.metrics.receive_timeouts += 1
                     log_throttled(

@@ -255,3 +255,35 @@ def test_bad_settings_fail_limited_routes_only(
     assert response.status_code == 404  # not a 500 from request_started
     assert "cannot start the limiter" in caplog.text
     assert sync_threads() == []
+
+
+def test_a_process_with_a_rotated_secret_key_still_syncs(redis_db: RedisServer) -> None:
+    """SECRET_KEY rotated on one process, the old key in its SECRET_KEY_FALLBACKS."""
+    layers = {"default": layer_config("pubsub", redis_db.url)}
+    settings = {"SYNC_INTERVAL": 0.01}
+    limiters = []
+    try:
+        for secret, fallbacks in (
+            ("old secret " * 5, []),
+            ("new secret " * 5, ["old secret " * 5]),
+        ):
+            with override_settings(
+                CHANNEL_LAYERS=layers,
+                DRATELIMIT=settings,
+                SECRET_KEY=secret,
+                SECRET_KEY_FALLBACKS=fallbacks,
+            ):
+                limiters.append(Limiter())
+                for _ in range(2):
+                    limiters[-1].hit("g", "k", "100/h")
+        for limiter in limiters:
+            wait_for(lambda lim=limiter: lim.get("g", "k", "100/h").count == 4, 5, "both at 4")
+        with override_settings(CHANNEL_LAYERS=layers, DRATELIMIT=settings, SECRET_KEY="x" * 50):
+            stranger = Limiter()  # another site's key on the same Redis
+            limiters.append(stranger)
+            stranger.hit("g", "k", "100/h")
+            time.sleep(0.3)  # a negative: nothing may arrive in that time
+            assert stranger.get("g", "k", "100/h").count == 1
+    finally:
+        for limiter in limiters:
+            limiter.close()

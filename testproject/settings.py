@@ -18,9 +18,14 @@ Environment variables:
   throttles' scopes on ``/cluster/drf/`` and ``/cluster/drf-strict/``.
 - ``DEMO_DATABASE``: the SQLite file (default ``testproject/db.sqlite3``); the
   admin page's browser test gives its servers a database of their own.
+- ``REDIS_SENTINELS`` (``host:port,host:port``) and ``REDIS_MASTER_NAME``: instead
+  of REDIS_URL, find the Redis master through Sentinel, for the channel layer
+  and the caches (see docs/sentinel.md).
 - ``DRATELIMIT_SYNC_INTERVAL``, ``DRATELIMIT_ANTI_ENTROPY``,
   ``DRATELIMIT_STARTUP_SYNC_WAIT``: seconds, see the DRATELIMIT settings.
 - ``DRATELIMIT_BUDGETS``, ``DRATELIMIT_STAGGER_WINDOWS``: "0" turns them off.
+- ``DRATELIMIT_MAX_KEYS``, ``DRATELIMIT_STRICT_FAIL_OPEN``: the settings of those names
+  (the fault tests flood a small store, and fail strict mode open or closed).
 
 For ``bench/bench_http.py`` (see ``testproject.bench_views``):
 
@@ -121,12 +126,29 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_MASTER_NAME = os.environ.get("REDIS_MASTER_NAME", "")
+REDIS_SENTINELS = [
+    (host, int(port))
+    for host, _, port in (
+        item.strip().rpartition(":") for item in os.environ.get("REDIS_SENTINELS", "").split(",")
+    )
+    if host
+]
+if REDIS_SENTINELS and not REDIS_MASTER_NAME:
+    raise ValueError("REDIS_SENTINELS needs REDIS_MASTER_NAME (the name Sentinel monitors)")
 
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
-if REDIS_URL:
+if REDIS_URL or REDIS_SENTINELS:
     # redis-py's default 5 s socket timeout equals RedisChannelLayer's blocking
     # pop: an idle receive would time out every 5 s.
-    _redis_host = {"address": REDIS_URL, "socket_timeout": 10}
+    _redis_host: dict[str, Any] = {"address": REDIS_URL, "socket_timeout": 10}
+    if REDIS_SENTINELS:
+        # channels_redis asks the sentinels for the master at every (re)connect.
+        _redis_host = {
+            "master_name": REDIS_MASTER_NAME,
+            "sentinels": REDIS_SENTINELS,
+            "socket_timeout": 10,
+        }
     # The pub/sub layer is the cheaper one (one PUBLISH per sync message; see
     # README, Benchmarks), in django_dratelimit's subclass that does not poll while
     # idle; "stock" picks channels_redis' own, "core" picks RedisChannelLayer.
@@ -155,9 +177,24 @@ else:
 CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }
-if REDIS_URL:
+# django-redis through Sentinel: LOCATION names the master, as Sentinel knows it.
+_cache_location = f"redis://{REDIS_MASTER_NAME}/0" if REDIS_SENTINELS else REDIS_URL
+_sentinel_options: dict[str, Any] = (
+    {
+        "CLIENT_CLASS": "django_redis.client.SentinelClient",
+        "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+        "SENTINELS": REDIS_SENTINELS,
+    }
+    if REDIS_SENTINELS
+    else {}
+)
+if _cache_location:
     # Not used by the demo pages: the benchmarks compare against a Redis cache.
-    CACHES["redis"] = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL}
+    CACHES["redis"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": _cache_location,
+        "OPTIONS": dict(_sentinel_options),
+    }
 
 DRATELIMIT = {
     "RULES": [
@@ -173,6 +210,8 @@ DRATELIMIT = {
     "STARTUP_SYNC_WAIT": env_float("DRATELIMIT_STARTUP_SYNC_WAIT", 0.0),
     "BUDGETS": env_bool("DRATELIMIT_BUDGETS", True),
     "STAGGER_WINDOWS": env_bool("DRATELIMIT_STAGGER_WINDOWS", True),
+    "MAX_KEYS": int(env_float("DRATELIMIT_MAX_KEYS", 100_000)),
+    "STRICT_FAIL_OPEN": env_bool("DRATELIMIT_STRICT_FAIL_OPEN", False),
 }
 
 # DRF (testproject.drf_views, when installed): our throttles, by the one-line switch.
@@ -196,12 +235,12 @@ if _ratelimit_cache:
         SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
     else:
         raise ValueError(f"DEMO_RATELIMIT_CACHE: 'redis' or 'locmem', not {_ratelimit_cache!r}")
-if os.environ.get("DEMO_STRICT_CACHE") == "redis" and REDIS_URL:
+if os.environ.get("DEMO_STRICT_CACHE") == "redis" and _cache_location:
     # Short timeouts: a hung Redis must not hold every strict request (dratelimit.W030).
     CACHES["strict"] = {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_URL,
-        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        "LOCATION": _cache_location,
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2, **_sentinel_options},
     }
     DRATELIMIT["STRICT_CACHE"] = "strict"
 

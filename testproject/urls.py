@@ -9,7 +9,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import path
 
-from testproject import bench_views, cluster, views
+from testproject import bench_views, cluster, faults, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -25,6 +25,10 @@ urlpatterns = [
     path("cluster/tokens/", cluster.token_hit, name="cluster-tokens"),
     path("cluster/state/", cluster.state, name="cluster-state"),
     path("cluster/noop/", cluster.noop, name="cluster-noop"),
+    # tests/faults/: decisions with their counts, a header-keyed route, a process's memory.
+    path("faults/hit/", faults.hit, name="faults-hit"),
+    path("faults/keyed/", faults.keyed, name="faults-keyed"),
+    path("faults/proc/", faults.proc, name="faults-proc"),
     # bench/bench_http.py: one endpoint per limiter, same view body.
     path("bench/noop/", bench_views.noop, name="bench-noop"),
     path("bench/eventual/", bench_views.eventual, name="bench-eventual"),

@@ -166,7 +166,7 @@ def set_drops(metrics: Metrics, **counts: int) -> None:
 
 def attach_node(limiter: Limiter, metrics: Any = None) -> SyncNode:
     """A real SyncNode (not running: the collector only reads it) as the limiter's."""
-    node = SyncNode(limiter.store, None, interval=0.25, layer_name="t.Layer")
+    node = SyncNode(limiter.store, None, interval=0.25, layer_name="t.Layer", keys=[b"k"])
     if metrics is not None:
         node.metrics = metrics
     limiter.sync = FakeThread(node)  # type: ignore[assignment]

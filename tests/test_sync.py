@@ -13,9 +13,9 @@ from channels.layers import InMemoryChannelLayer
 
 from django_dratelimit.store import CounterStore, Entry
 from django_dratelimit.sync import SyncNode, protocol
-from django_dratelimit.sync.node import TEST_KEYS
 
 GROUP = "dratelimit"
+TEST_KEYS = (b"django-dratelimit tests only",)  # processes derive theirs from SECRET_KEY
 PERIOD = 60
 
 
@@ -51,6 +51,7 @@ class Cluster:
         options.setdefault("interval", 0.005)
         options.setdefault("anti_entropy", 3600.0)
         options.setdefault("groups", [GROUP])
+        options.setdefault("keys", TEST_KEYS)
         node = SyncNode(CounterStore(), layer or self.layer, **options)
         self.nodes.append(node)
         self.tasks.append(asyncio.ensure_future(node.run()))

@@ -18,8 +18,7 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 
 from django_dratelimit.sync import protocol
-from django_dratelimit.sync.node import TEST_KEYS
-from tests.test_sync import GROUP, Cluster, bucket, entry, eventually, sealed
+from tests.test_sync import GROUP, TEST_KEYS, Cluster, bucket, entry, eventually, sealed
 
 FORGED = (b"an attacker's guess",)
 

@@ -44,8 +44,6 @@ PEERS_PER_HEARTBEAT = 8  # past this many peers, heartbeats slow down in proport
 JOIN_MIN, JOIN_QUIET, JOIN_MAX = 0.15, 0.1, 1.0  # seconds to gather the answers to a join
 RELAY_WAIT = 1.0
 LATENCY_ALLOWANCE = 0.05  # broker latency and scheduling: part of a round, for the budgets
-# Only for tests that build nodes by hand; processes sign with keys from SECRET_KEY.
-TEST_KEYS = (b"django-dratelimit tests only",)
 
 
 class SyncNode:
@@ -62,7 +60,7 @@ class SyncNode:
         chunk: int = 500,
         clock: Callable[[], float] = time.time,
         layer_name: str = "",
-        keys: Sequence[bytes] = TEST_KEYS,
+        keys: Sequence[bytes],
         receive_budget: float = 35.0,
         budgets: bool = True,
         budget_headroom: float = 2.0,

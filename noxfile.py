@@ -55,7 +55,7 @@ def tests(session: nox.Session, django: str) -> None:
         "-m",
         "pytest",
         "-m",
-        "not cluster",
+        "not cluster and not faults",  # the multi-process suites run once, in .ci/run
         "-p",
         "no:cacheprovider",
         # Django's next deprecations start as pending ones (RemovedInDjango2028Warning).

@@ -36,10 +36,11 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 MAX_KEYS = 1000
 LIMIT = 20
 FLOOD = 6 * MAX_KEYS
-# RSS may still grow this much once the store is full: the allocator's free lists
-# and the request path's own garbage, not buckets (4 MiB is ~2,000 buckets' worth,
-# as much as the whole store: a leak of buckets past MAX_KEYS would show as more).
-RSS_SLACK_KIB = 4096
+# RSS may still grow this much once the store is full: the allocator's free lists,
+# the request path's own garbage and, in CI, coverage's tracer in the servers (5.5 MiB
+# measured there; 0.9 to 1.2 MiB without it). The bound on buckets is the store size,
+# asserted exactly below; this catches a per-request leak (4,000 requests x 4 KiB).
+RSS_SLACK_KIB = 16384
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
 from machine import cpu_model, load_average  # noqa: E402
 from workers import Worker, emit, redis_info, setup_django  # noqa: E402
 
-from django_dratelimit.scopes import window_offset  # noqa: E402
+from django_dratelimit.local.scopes import window_offset  # noqa: E402
 from tests.cluster import LOOPBACK, DemoServer, RedisServer, load, wait_for  # noqa: E402
 
 NODES = 3

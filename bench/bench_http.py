@@ -67,7 +67,7 @@ for _path in (ROOT, ROOT / "bench"):
 
 from machine import cpu_model  # noqa: E402
 
-from django_dratelimit.scopes import window_offset  # noqa: E402
+from django_dratelimit.local.scopes import window_offset  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 SERVERS = 3

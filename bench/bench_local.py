@@ -210,7 +210,7 @@ def facade_runner() -> Runner:
 
 def hit_runner(keys: list[str], algorithm: str | None = None, track_dirty: bool = False) -> Runner:
     from django_dratelimit.limiter import Limiter
-    from django_dratelimit.store import CounterStore
+    from django_dratelimit.local.store import CounterStore
 
     store = CounterStore(max_keys=200_000)
     # What a running sync thread turns on: changed buckets are queued for its next

@@ -69,8 +69,8 @@ def measure(variant: str, n: int, traced: bool) -> float:
 
     django.setup()
     from django_dratelimit.limiter import Limiter
-    from django_dratelimit.scopes import scoped_key
-    from django_dratelimit.store import CounterStore
+    from django_dratelimit.local.scopes import scoped_key
+    from django_dratelimit.local.store import CounterStore
 
     store = CounterStore(max_keys=n)
     limiter = Limiter(store, sync=False)

@@ -10,13 +10,13 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
-from .algorithms import ALGORITHMS, CONSISTENCIES, EVENTUAL, STRICT
 from .checks_drf import check_drf
 from .checks_strict import check_strict_algorithm, check_strict_cache
 from .conf import DEFAULTS, legacy_values
 from .costs import InvalidCost, compile_cost
 from .headers import HEADER_POLICY_CHOICES
 from .keys import InvalidKey, compile_key
+from .local.algorithms import ALGORITHMS, CONSISTENCIES, EVENTUAL, STRICT
 from .rates import InvalidRate, validate_rate
 from .registry import strict_groups
 from .rules import REQUIRED_FIELDS, RULE_FIELDS

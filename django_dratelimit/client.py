@@ -27,8 +27,8 @@ from typing import Any
 from channels.layers import channel_layers
 
 from .conf import conf
+from .local.store import BucketState
 from .rates import MAX_LIMIT, MAX_PERIOD, Rate
-from .store import BucketState
 from .sync import protocol
 from .sync.keys import signing_keys, sync_groups
 from .sync.layers import IN_MEMORY, close_layer, is_idle_timeout, layer_config

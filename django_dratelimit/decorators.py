@@ -20,14 +20,14 @@ from typing import Any, TypeVar
 
 from django.http import HttpRequest
 
-from .algorithms import STRICT, validate_choice
 from .core import ALL, UNSAFE, Method, default_group, request_usage
 from .costs import compile_cost, resolve_cost
 from .exceptions import MissingArgument, limited_exception
 from .keys import aload_user, compile_key, may_read_user
+from .local.algorithms import STRICT, validate_choice
+from .local.scopes import method_scope
 from .rates import is_dynamic, validate_rate
 from .registry import register
-from .scopes import method_scope
 from .usage import Usage
 
 F = TypeVar("F", bound=Callable[..., Any])

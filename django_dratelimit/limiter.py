@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .algorithms import (
+from .conf import conf
+from .local.algorithms import (
     BUCKET_ALGORITHMS,
     FIXED_WINDOW,
     REGISTER_SCALE,
@@ -35,12 +36,11 @@ from .algorithms import (
     epoch_level,
     window_start,
 )
-from .conf import conf
+from .local.scopes import bucket, scoped_key
+from .local.store import CounterStore
 from .logutil import log_throttled
 from .rates import Rate, parse_rate, parse_rate_string
 from .registry import known_periods, known_scopes, strict_groups
-from .scopes import bucket, scoped_key
-from .store import CounterStore
 from .strict import StrictUnavailable, StrictUnsupported, get_strict_counter
 from .usage import Usage, combine, new_usage, window_usage
 

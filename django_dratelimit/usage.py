@@ -6,7 +6,7 @@ import math
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .algorithms import SLIDING_WINDOW, sliding_window
+from .local.algorithms import SLIDING_WINDOW, sliding_window
 
 if TYPE_CHECKING:
     from .rates import Rate

@@ -14,8 +14,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from django_dratelimit import get_usage, ratelimit
-from django_dratelimit.algorithms import ALGORITHMS, FIXED_WINDOW
 from django_dratelimit.limiter import get_limiter
+from django_dratelimit.local.algorithms import ALGORITHMS, FIXED_WINDOW
 
 CLUSTER_GROUP = "cluster"
 SHARED_KEY = "shared"

@@ -10,7 +10,7 @@ from hypothesis import settings as hypothesis_settings
 
 from django_dratelimit import registry
 from django_dratelimit.limiter import Limiter, set_limiter
-from django_dratelimit.store import CounterStore
+from django_dratelimit.local.store import CounterStore
 from tests.cluster import RedisServer
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django_dratelimit.limiter import Limiter
+from django_dratelimit.local.scopes import method_scope, window_offset, window_start
 from django_dratelimit.rates import parse_rate
-from django_dratelimit.scopes import method_scope, window_offset, window_start
 
 
 def counted(

@@ -10,7 +10,7 @@ from hypothesis import assume, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from django_dratelimit.algorithms import (
+from django_dratelimit.local.algorithms import (
     ALGORITHMS,
     FIXED_WINDOW,
     SLIDING_WINDOW,

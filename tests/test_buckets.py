@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from django_dratelimit.algorithms import epoch_length
 from django_dratelimit.limiter import Limiter
-from django_dratelimit.store import CounterStore
+from django_dratelimit.local.algorithms import epoch_length
+from django_dratelimit.local.store import CounterStore
 from tests.conftest import FakeClock
 
 PERIOD = 10
@@ -264,7 +264,7 @@ def test_a_full_bucket_admits_the_whole_burst(rate: str, limit: int, start: int)
 
 
 def test_a_debt_shows_as_more_tokens_in_use_than_the_capacity() -> None:
-    from django_dratelimit.algorithms import bucket_decision
+    from django_dratelimit.local.algorithms import bucket_decision
 
     # The cluster took 3 tokens more than the bucket had (a burst before the sync).
     admitted, decision = bucket_decision(-3.0, 1, 5, 10)

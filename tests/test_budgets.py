@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from django_dratelimit.budget_store import replan
-from django_dratelimit.budgets import (
+from django_dratelimit.limiter import Limiter
+from django_dratelimit.local.budget_store import replan
+from django_dratelimit.local.budgets import (
     allocate,
     budget_shares,
     in_budget_mode,
     initial_budget,
     weights,
 )
-from django_dratelimit.limiter import Limiter
-from django_dratelimit.store import CounterStore, Entry
+from django_dratelimit.local.store import CounterStore, Entry
 from tests.conftest import FakeClock
 
 PERIOD = 60
@@ -92,7 +92,7 @@ def test_initial_budget_is_an_equal_share_of_at_least_one() -> None:
 
 
 def plan_of(levels: dict[str, int], at: float = NOW) -> Any:
-    from django_dratelimit.budget_store import Plan
+    from django_dratelimit.local.budget_store import Plan
 
     return Plan(levels["me"], {o: (n, at) for o, n in levels.items()})
 
@@ -120,7 +120,7 @@ def test_a_promise_not_used_up_is_reserved_then_lapses() -> None:
 def test_the_levels_never_promise_more_than_the_limit_and_the_counts(
     counts: dict[str, int], prior: dict[str, int], limit: int, age: float
 ) -> None:
-    from django_dratelimit.budget_store import Plan
+    from django_dratelimit.local.budget_store import Plan
 
     counts = {**counts, "a": counts.get("a", 0)}
     members = ["b", "c", "d"]

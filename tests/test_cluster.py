@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from django_dratelimit.scopes import window_offset
+from django_dratelimit.local.scopes import window_offset
 from testproject.cluster import CLUSTER_GROUP, SHARED_KEY
 from tests.cluster import DemoServer, RedisServer, load, wait_for
 

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from django_dratelimit.limiter import Limiter, limiter, set_limiter
-from django_dratelimit.store import CounterStore
+from django_dratelimit.local.store import CounterStore
 from tests.cluster import RedisServer
 
 RULE = {"name": "login", "key": "ip", "rate": "5/m", "consistency": "strict"}

@@ -13,7 +13,7 @@ from django_dratelimit.checks import check_settings
 from django_dratelimit.costs import MAX_COST, InvalidCost, compile_cost, resolve_cost
 from django_dratelimit.exceptions import Ratelimited
 from django_dratelimit.limiter import Limiter, set_limiter
-from django_dratelimit.store import CounterStore
+from django_dratelimit.local.store import CounterStore
 from tests.conftest import FakeClock
 from tests.scoped import seconds_left
 

@@ -31,7 +31,7 @@ import pytest
 from django.test import override_settings
 
 from django_dratelimit.limiter import Limiter, set_limiter
-from django_dratelimit.store import CounterStore
+from django_dratelimit.local.store import CounterStore
 from tests.conftest import FakeClock
 
 SUITE_MODULE = "django_ratelimit.tests"

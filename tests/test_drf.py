@@ -23,8 +23,8 @@ from rest_framework.views import APIView
 from django_dratelimit import drf
 from django_dratelimit.checks import check_settings
 from django_dratelimit.limiter import Limiter, set_limiter
+from django_dratelimit.local.store import CounterStore
 from django_dratelimit.rates import InvalidRate
-from django_dratelimit.store import CounterStore
 from tests.conftest import FakeClock
 from tests.drf_urls import Base
 

@@ -10,8 +10,8 @@ import pytest
 from django.test import override_settings
 
 from django_dratelimit.limiter import Limiter, get_limiter, limiter, set_limiter
+from django_dratelimit.local.store import CounterStore
 from django_dratelimit.rates import InvalidRate, Rate
-from django_dratelimit.store import CounterStore
 from django_dratelimit.usage import Usage
 
 if TYPE_CHECKING:

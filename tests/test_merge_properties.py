@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from django_dratelimit.store import BucketKey, CounterStore, Entry, ResetState
+from django_dratelimit.local.store import BucketKey, CounterStore, Entry, ResetState
 from django_dratelimit.sync import protocol
 
 KEYS_ = [b"property-test key"]

@@ -13,8 +13,8 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient, Client, override_settings
 
 from django_dratelimit.limiter import Limiter, set_limiter
+from django_dratelimit.local.store import CounterStore
 from django_dratelimit.rates import Rate
-from django_dratelimit.store import CounterStore
 from tests import views
 from tests.scoped import counted, seconds_left
 

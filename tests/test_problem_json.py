@@ -15,7 +15,7 @@ from django_dratelimit.checks import check_settings
 from django_dratelimit.exceptions import Ratelimited
 from django_dratelimit.headers import named_policies
 from django_dratelimit.limiter import Limiter, set_limiter
-from django_dratelimit.store import CounterStore
+from django_dratelimit.local.store import CounterStore
 from django_dratelimit.usage import Usage
 from django_dratelimit.views import ratelimited
 from tests.conftest import FakeClock

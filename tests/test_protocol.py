@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from django_dratelimit.store import BucketState, Entry, ResetState
+from django_dratelimit.local.store import BucketState, Entry, ResetState
 from django_dratelimit.sync import protocol
 from django_dratelimit.sync.protocol import (
     CLOCK_SKEW,

@@ -13,17 +13,17 @@ from django.test import override_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from django_dratelimit.algorithms import SLIDING_WINDOW
 from django_dratelimit.limiter import Limiter
-from django_dratelimit.rates import Rate
-from django_dratelimit.scopes import (
+from django_dratelimit.local.algorithms import SLIDING_WINDOW
+from django_dratelimit.local.scopes import (
     base_key,
     method_scope,
     scoped_key,
     window_offset,
     window_start,
 )
-from django_dratelimit.store import CounterStore, Entry
+from django_dratelimit.local.store import CounterStore, Entry
+from django_dratelimit.rates import Rate
 from django_dratelimit.strict import StrictCounter
 from django_dratelimit.usage import Usage
 from tests.conftest import FakeClock
@@ -87,7 +87,7 @@ def test_counts_are_apart_per_limit_and_methods(limiter: Limiter) -> None:
 
 def test_window_offset_is_the_same_in_every_process() -> None:
     # Not Python's hash(): that differs per process (PYTHONHASHSEED).
-    code = "from django_dratelimit.scopes import window_offset as o; print(o('g', 'k', 3600))"
+    code = "from django_dratelimit.local.scopes import window_offset as o; print(o('g', 'k', 3600))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     other = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

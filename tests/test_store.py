@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from django_dratelimit.store import (
+from django_dratelimit.local.store import (
     EVICTION_WARNING_EVERY,
     BucketKey,
     BucketState,

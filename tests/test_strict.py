@@ -17,11 +17,11 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.test import override_settings
 
 from django_dratelimit import logutil, strict
-from django_dratelimit.algorithms import FIXED_WINDOW, SLIDING_WINDOW
 from django_dratelimit.checks_strict import check_strict_algorithm, check_strict_cache
 from django_dratelimit.limiter import Limiter
+from django_dratelimit.local.algorithms import FIXED_WINDOW, SLIDING_WINDOW
+from django_dratelimit.local.store import CounterStore
 from django_dratelimit.rates import parse_rate_string
-from django_dratelimit.store import CounterStore
 from django_dratelimit.strict import (
     EXPIRY_GRACE,
     MAX_COMPONENT,

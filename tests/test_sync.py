@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from django_dratelimit.store import CounterStore, Entry
+from django_dratelimit.local.store import CounterStore, Entry
 from django_dratelimit.sync import SyncNode, protocol
 
 GROUP = "dratelimit"

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import client
+from ..local.scopes import base_key
 from ..management.commands.ratelimit import reset_strict, strict_counters, strict_views
-from ..scopes import base_key
 from .render import duration, period, plural
 
 logger = logging.getLogger("django_dratelimit")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..local.store import ResetState
 from ..registry import known_rates
-from ..store import ResetState
 from . import protocol
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
+from ..local.store import BucketKey, CounterStore, Entry, ResetState
 from ..logutil import log_throttled
-from ..store import BucketKey, CounterStore, Entry, ResetState
 from . import protocol
 from .handlers import Handlers
 from .layers import close_layer, is_idle_timeout, is_undecodable

@@ -20,9 +20,9 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..algorithms import EPOCH_PERIODS
+from ..local.algorithms import EPOCH_PERIODS
+from ..local.store import BucketState, Entry, ResetState
 from ..rates import MAX_PERIOD as MAX_RATE_PERIOD
-from ..store import BucketState, Entry, ResetState
 
 VERSION = 2
 # Broadcast to the group.

@@ -19,7 +19,7 @@ from channels.layers import channel_layers
 from django.utils.module_loading import import_string
 
 from ..conf import conf
-from ..store import CounterStore
+from ..local.store import CounterStore
 from .keys import signing_keys, sync_groups
 from .layers import is_shared, layer_config
 from .node import SyncNode

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from django_dratelimit.scopes import window_offset
+from django_dratelimit.local.scopes import window_offset
 from tests.cluster import DemoServer, RedisServer, wait_for
 
 SYNC_INTERVAL = 0.05

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
 
 FIXED_WINDOW = "fixed_window"
 SLIDING_WINDOW = "sliding_window"

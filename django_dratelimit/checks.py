@@ -11,7 +11,6 @@ from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 from .checks_drf import check_drf
-from .checks_strict import check_strict_algorithm, check_strict_cache
 from .conf import DEFAULTS, legacy_values
 from .costs import InvalidCost, compile_cost
 from .headers import HEADER_POLICY_CHOICES
@@ -20,6 +19,7 @@ from .local.algorithms import ALGORITHMS, CONSISTENCIES, EVENTUAL, STRICT
 from .rates import InvalidRate, validate_rate
 from .registry import strict_groups
 from .rules import REQUIRED_FIELDS, RULE_FIELDS
+from .strict.checks import check_strict_algorithm, check_strict_cache
 
 MIDDLEWARE_PATH = "django_dratelimit.middleware.RateLimitMiddleware"
 # django-ratelimit's class name for it, kept for projects that moved over.

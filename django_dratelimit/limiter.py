@@ -41,7 +41,7 @@ from .local.store import CounterStore
 from .logutil import log_throttled
 from .rates import Rate, parse_rate, parse_rate_string
 from .registry import known_periods, known_scopes, strict_groups
-from .strict import StrictUnavailable, StrictUnsupported, get_strict_counter
+from .strict.counter import StrictUnavailable, StrictUnsupported, get_strict_counter
 from .usage import Usage, combine, new_usage, window_usage
 
 if TYPE_CHECKING:

@@ -21,9 +21,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from django_dratelimit import client as cluster_client
 from django_dratelimit.admin import LiveCountersAdmin
 from django_dratelimit.limiter import Limiter, set_limiter
+from django_dratelimit.ops import client as cluster_client
 from tests.cluster import ROOT, RedisServer, wait_for
 from tests.conftest import layer_config
 
@@ -401,7 +401,7 @@ def test_startup_imports_no_client_and_starts_no_thread() -> None:
     modules, threads = json.loads(result.stdout)
 
     assert "django_dratelimit.admin" in modules
-    assert "django_dratelimit.client" not in modules
+    assert "django_dratelimit.ops.client" not in modules
     assert "django_dratelimit.ops.live" not in modules
     assert threads == ["MainThread"]
 

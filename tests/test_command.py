@@ -26,12 +26,13 @@ from channels.layers import channel_layers
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from django_dratelimit import client, registry
+from django_dratelimit import registry
 from django_dratelimit.conf import conf
 from django_dratelimit.limiter import Limiter
 from django_dratelimit.local.scopes import base_key
 from django_dratelimit.local.store import BucketState, Entry, ResetState
 from django_dratelimit.management.commands.ratelimit import WIDTH, table
+from django_dratelimit.ops import client
 from django_dratelimit.rates import Rate
 from django_dratelimit.sync import close_layer, protocol
 from django_dratelimit.sync.keys import signing_keys

@@ -24,7 +24,7 @@ from django_dratelimit.local.scopes import (
 )
 from django_dratelimit.local.store import CounterStore, Entry
 from django_dratelimit.rates import Rate
-from django_dratelimit.strict import StrictCounter
+from django_dratelimit.strict.counter import StrictCounter
 from django_dratelimit.usage import Usage
 from tests.conftest import FakeClock
 

@@ -16,13 +16,14 @@ from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.test import override_settings
 
-from django_dratelimit import logutil, strict
-from django_dratelimit.checks_strict import check_strict_algorithm, check_strict_cache
+from django_dratelimit import logutil
 from django_dratelimit.limiter import Limiter
 from django_dratelimit.local.algorithms import FIXED_WINDOW, SLIDING_WINDOW
 from django_dratelimit.local.store import CounterStore
 from django_dratelimit.rates import parse_rate_string
-from django_dratelimit.strict import (
+from django_dratelimit.strict import counter as strict
+from django_dratelimit.strict.checks import check_strict_algorithm, check_strict_cache
+from django_dratelimit.strict.counter import (
     EXPIRY_GRACE,
     MAX_COMPONENT,
     StrictCounter,

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import client
 from ..local.scopes import base_key
 from ..management.commands.ratelimit import reset_strict, strict_counters, strict_views
+from . import client
 from .render import duration, period, plural
 
 logger = logging.getLogger("django_dratelimit")

@@ -12,9 +12,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import client
 from ...conf import conf
 from ...local.store import BucketKey
+from ...ops import client
 from ...ops.render import duration as _duration
 from ...ops.render import period as _period
 from ...ops.render import plural as _plural
@@ -28,7 +28,12 @@ from ...rates import (
     parse_rate_string,
 )
 from ...rules import get_rules
-from ...strict import StrictCounter, StrictUnavailable, StrictUnsupported, get_strict_counter
+from ...strict.counter import (
+    StrictCounter,
+    StrictUnavailable,
+    StrictUnsupported,
+    get_strict_counter,
+)
 from ...sync.answers import MAX_INSPECT_BUCKETS
 from ...sync.protocol import MalformedMessage
 

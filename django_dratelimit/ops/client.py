@@ -26,13 +26,13 @@ from typing import Any
 
 from channels.layers import channel_layers
 
-from .conf import conf
-from .local.store import BucketState
-from .rates import MAX_LIMIT, MAX_PERIOD, Rate
-from .sync import protocol
-from .sync.keys import signing_keys, sync_groups
-from .sync.layers import IN_MEMORY, close_layer, is_idle_timeout, layer_config
-from .sync.protocol import MalformedMessage
+from ..conf import conf
+from ..local.store import BucketState
+from ..rates import MAX_LIMIT, MAX_PERIOD, Rate
+from ..sync import protocol
+from ..sync.keys import signing_keys, sync_groups
+from ..sync.layers import IN_MEMORY, close_layer, is_idle_timeout, layer_config
+from ..sync.protocol import MalformedMessage
 
 logger = logging.getLogger("django_dratelimit")
 

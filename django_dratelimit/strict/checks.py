@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS
-from .strict import (
+from ..conf import DEFAULTS
+from .counter import (
     DJANGO_BUILTIN_REDIS,
     DJANGO_REDIS,
     NOT_SHARED,

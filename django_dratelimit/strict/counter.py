@@ -39,13 +39,13 @@ from django.core.cache.backends.base import BaseCache
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .conf import conf
-from .local.algorithms import FIXED_WINDOW, SLIDING_WINDOW
-from .local.scopes import bucket, scoped_key, window_offset
-from .local.store import BucketKey
-from .logutil import log_throttled
-from .rates import Rate
-from .usage import Usage, combine, window_usage
+from ..conf import conf
+from ..local.algorithms import FIXED_WINDOW, SLIDING_WINDOW
+from ..local.scopes import bucket, scoped_key, window_offset
+from ..local.store import BucketKey
+from ..logutil import log_throttled
+from ..rates import Rate
+from ..usage import Usage, combine, window_usage
 
 PREFIX = "dratelimit"
 # Clocks of the app servers differ a little: a counter outlives its window by this much.

@@ -11,12 +11,12 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from .choices import validate_choice
 from .conf import conf
 from .decisions import count as count_decision
 from .exceptions import MissingArgument
 from .keys import resolve_key
 from .limiter import get_limiter
-from .local.algorithms import validate_choice
 from .local.scopes import DJANGO_RATELIMIT_ALL, method_scope
 from .rates import Rate, parse_rate_string, resolve_rate
 from .usage import Usage, UsageDict

@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 
 from django.http import HttpRequest
 
+from .choices import validate_choice
 from .core import ALL, UNSAFE, Method, default_group, request_usage
 from .costs import compile_cost, resolve_cost
 from .exceptions import MissingArgument, limited_exception
 from .keys import aload_user, compile_key, may_read_user
-from .local.algorithms import STRICT, validate_choice
+from .local.algorithms import STRICT
 from .local.scopes import method_scope
 from .rates import is_dynamic, validate_rate
 from .registry import register

@@ -27,12 +27,13 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
+from .choices import validate_choice
 from .conf import conf
 from .decisions import count as count_decision
 from .decorators import record
 from .keys import normalize
 from .limiter import get_limiter
-from .local.algorithms import EVENTUAL, STRICT, validate_choice
+from .local.algorithms import EVENTUAL, STRICT
 from .rates import Rate, parse_rate, parse_rate_string
 from .registry import register
 from .usage import Usage

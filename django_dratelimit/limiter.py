@@ -45,7 +45,7 @@ from .strict.counter import StrictUnavailable, StrictUnsupported, get_strict_cou
 from .usage import Usage, combine, new_usage, window_usage
 
 if TYPE_CHECKING:
-    from .sync import SyncThread
+    from .sync.thread import SyncThread
 
 Clock = Callable[[], float]
 logger = logging.getLogger("django_dratelimit")
@@ -388,7 +388,7 @@ class Limiter:
         with self._sync_lock:
             if self._sync_checked or self._retired:
                 return  # a replaced limiter must not start a thread nobody would stop
-            from .sync import start_sync
+            from .sync.thread import start_sync
 
             # Other threads wait on the lock meanwhile (STARTUP_SYNC_WAIT included):
             # none decides before this process has joined.

@@ -10,10 +10,11 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from .choices import validate_choice
 from .conf import conf
 from .costs import compile_cost
 from .keys import compile_key
-from .local.algorithms import EVENTUAL, STRICT, validate_choice
+from .local.algorithms import EVENTUAL, STRICT
 from .local.scopes import method_scope
 from .rates import is_dynamic, parse_rate
 from .registry import register

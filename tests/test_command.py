@@ -34,8 +34,9 @@ from django_dratelimit.local.store import BucketState, Entry, ResetState
 from django_dratelimit.management.commands.ratelimit import WIDTH, table
 from django_dratelimit.ops import client
 from django_dratelimit.rates import Rate
-from django_dratelimit.sync import close_layer, protocol
+from django_dratelimit.sync import protocol
 from django_dratelimit.sync.keys import signing_keys
+from django_dratelimit.sync.layers import close_layer
 from testproject import settings as demo_settings
 from tests.cluster import ROOT, DemoServer, RedisServer, free_port, load, wait_for
 from tests.conftest import layer_config

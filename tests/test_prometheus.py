@@ -20,8 +20,8 @@ from django_dratelimit import decisions, is_ratelimited, logutil
 from django_dratelimit.limiter import Limiter
 from django_dratelimit.ops import prometheus
 from django_dratelimit.ops.checks import check_ops
-from django_dratelimit.sync import SyncNode
 from django_dratelimit.sync.metrics import Metrics
+from django_dratelimit.sync.node import SyncNode
 from tests.cluster import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -12,7 +12,8 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 
 from django_dratelimit.local.store import CounterStore, Entry
-from django_dratelimit.sync import SyncNode, protocol
+from django_dratelimit.sync import protocol
+from django_dratelimit.sync.node import SyncNode
 
 GROUP = "dratelimit"
 TEST_KEYS = (b"django-dratelimit tests only",)  # processes derive theirs from SECRET_KEY

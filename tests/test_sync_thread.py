@@ -13,7 +13,7 @@ from django_dratelimit import logutil
 from django_dratelimit.limiter import Limiter, get_limiter, set_limiter
 from django_dratelimit.local.store import CounterStore
 from django_dratelimit.rates import parse_rate_string
-from django_dratelimit.sync import SyncThread, start_sync
+from django_dratelimit.sync.thread import SyncThread, start_sync
 from tests.cluster import RedisServer, wait_for
 from tests.conftest import layer_config
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ..exceptions import ConfigurationError
-
 FIXED_WINDOW = "fixed_window"
 SLIDING_WINDOW = "sliding_window"
 TOKEN_BUCKET = "token_bucket"
@@ -21,20 +19,6 @@ ALGORITHMS = (FIXED_WINDOW, SLIDING_WINDOW, TOKEN_BUCKET, LEAKY_BUCKET)
 EVENTUAL = "eventual"
 STRICT = "strict"
 CONSISTENCIES = (EVENTUAL, STRICT)
-
-
-def validate_choice(algorithm: str | None, consistency: str) -> None:
-    """Raise ConfigurationError (a ValueError) for an unknown algorithm or consistency."""
-    if algorithm is not None and algorithm not in ALGORITHMS:
-        raise ConfigurationError(
-            f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}"
-        )
-    if consistency not in CONSISTENCIES:
-        raise ConfigurationError(f"unknown consistency {consistency!r}; use 'eventual' or 'strict'")
-    if consistency == STRICT and algorithm in BUCKET_ALGORITHMS:
-        raise ConfigurationError(
-            "consistency 'strict' works with fixed_window and sliding_window only"
-        )
 
 
 class Decision(NamedTuple):

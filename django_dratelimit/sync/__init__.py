@@ -1,13 +1,8 @@
-"""The cluster sync: protocol v2, the node and its handlers, the thread, the layer helpers.
+"""The cluster sync: protocol v2 (``protocol``, ``keys``), the node and its handlers
+(``node``, ``handlers``, ``peers``, ``answers``), the thread (``thread``), the layer
+helpers (``layers``) and the counters (``metrics``).
 
-Nothing on the request path imports this package: the limiter starts the
-thread lazily (``start_sync``) at the first request.
+Nothing on the request path imports this package when it is imported: the limiter
+starts the thread lazily (``thread.start_sync``) at the first request. It is empty
+on purpose, so the operator tools can import ``sync.protocol`` without the node.
 """
-
-from __future__ import annotations
-
-from .layers import close_layer, is_idle_timeout, is_shared
-from .node import SyncNode
-from .thread import SyncThread, start_sync
-
-__all__ = ["SyncNode", "SyncThread", "close_layer", "is_idle_timeout", "is_shared", "start_sync"]

@@ -354,7 +354,7 @@ def test_a_limiter_caught_retired_while_current_answers_itself(clock: FakeClock)
 def test_threads_wait_while_the_first_one_joins_the_cluster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from django_dratelimit import sync
+    from django_dratelimit.sync import thread as sync
 
     joined = threading.Event()
     order: list[str] = []
@@ -377,7 +377,7 @@ def test_threads_wait_while_the_first_one_joins_the_cluster(
 
 
 def test_a_failing_start_is_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from django_dratelimit import sync
+    from django_dratelimit.sync import thread as sync
 
     calls: list[int] = []
 

@@ -29,9 +29,12 @@ class Decision(NamedTuple):
     time_left: float  # seconds until a request would be admitted (limited) or the window resets
 
 
-def window_start(now: float, period: int) -> int:
-    """Start of the epoch-aligned window of ``period`` seconds that contains ``now``."""
-    return int(now // period) * period
+def window_start(now: float, period: int, offset: int = 0) -> int:
+    """Start of the window of ``period`` seconds containing ``now``, shifted by ``offset``.
+
+    Windows are epoch-aligned; a staggered key's are shifted by its offset (see ``scopes``).
+    """
+    return int((now - offset) // period) * period + offset
 
 
 def fixed_window(current: int, limit: int, period: int, now: float) -> Decision:

@@ -1,4 +1,7 @@
-"""How counts, periods and durations read, the same in ``manage.py ratelimit`` and the admin."""
+"""How counts and durations read, the same in ``manage.py ratelimit`` and the admin.
+
+Periods read as ``rates.format_period`` has them, like the rates themselves.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +13,6 @@ def plural(count: int, word: str) -> str:
     if word.endswith("y"):
         return f"{count} {word[:-1]}ies"
     return f"{count} {word}{'es' if word.endswith('s') else 's'}"
-
-
-def period(seconds: int) -> str:
-    """``60`` -> ``1m``, ``300`` -> ``5m``, ``90`` -> ``90s``."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def duration(seconds: float) -> str:

@@ -23,8 +23,9 @@ from typing import Any, Protocol
 from django.core.cache import InvalidCacheBackendError, caches
 from django.core.cache.backends.base import BaseCache
 
+from ..local.algorithms import window_start
 from ..local.chunks import chunks
-from ..local.scopes import scoped_key, window_offset, window_start
+from ..local.scopes import scoped_key, window_offset
 from ..local.store import BucketKey
 from .cache_keys import (
     PREFIX,

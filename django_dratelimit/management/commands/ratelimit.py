@@ -13,15 +13,16 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...conf import conf
+from ...local.algorithms import window_start
 from ...local.store import BucketKey
 from ...ops import client
 from ...ops.render import duration as _duration
-from ...ops.render import period as _period
 from ...ops.render import plural as _plural
 from ...rates import (
     InvalidRate,
     Rate,
     describe,
+    format_period,
     is_dynamic,
     load_rate_callable,
     parse_rate,
@@ -157,7 +158,7 @@ class Command(BaseCommand):
                 [
                     view.group,
                     view.key,
-                    f"{_clock(view.window_start, view.period)} {_period(view.period)}",
+                    f"{_clock(view.window_start, view.period)} {format_period(view.period)}",
                     _duration(view.seconds_left(now)),
                     str(view.total) + ("*" if view.budget else ""),
                     "?" if view.limit is None else str(view.limit),
@@ -329,14 +330,14 @@ class Command(BaseCommand):
 
 def explain(rate: Rate, now: float) -> list[str]:
     """What a rate means, for ``check``: limit, period, and the window we are in."""
-    start = int(now // rate.period) * rate.period
+    start = window_start(now, rate.period)
     end = start + rate.period
     if rate.limit == 0:
         limit = "0: every request is limited"
     else:
         limit = f"{rate.limit} {'request' if rate.limit == 1 else 'requests'} per window"
     period = _plural(rate.period, "second")
-    whole = _period(rate.period)
+    whole = format_period(rate.period)
     return [
         f"{rate}: {describe(rate)}",
         f"  limit    {limit}",

@@ -100,7 +100,7 @@ def test_total_reads_without_creating(counter: StrictCounter) -> None:
     assert counter.live() == []
 
 
-def test_hit_and_previous_is_one_round_trip(counter: StrictCounter) -> None:
+def test_a_hit_and_the_previous_window_are_one_round_trip(counter: StrictCounter) -> None:
     previous = (*BUCKET[:3], START - 60)
     counter.hit(previous, 4, 60.0)
     counter.hit(BUCKET, 1, 60.0)  # the script is loaded on the server now
@@ -114,7 +114,7 @@ def test_hit_and_previous_is_one_round_trip(counter: StrictCounter) -> None:
 
     client.execute_command = spy
     try:
-        assert counter.hit_and_previous(BUCKET, previous, 2, 60.0) == (3, 4)
+        assert counter.hit_many([BUCKET], 2, [60.0], [previous]) == ([3], [4])
     finally:
         del client.execute_command
     assert [call[0] for call in calls] == ["EVALSHA"]
@@ -372,7 +372,7 @@ def test_redis_stopped_raises_quickly_and_logs_once(
 
         for call in (
             lambda: counter.hit(BUCKET, 1, 60.0),
-            lambda: counter.hit_and_previous(BUCKET, BUCKET, 1, 60.0),
+            lambda: counter.hit_many([BUCKET], 1, [60.0], [BUCKET]),
             lambda: counter.total(BUCKET),
             lambda: counter.live(),
             lambda: counter.reset("login"),

@@ -48,7 +48,7 @@ def test_the_cache_api_counts_and_expires(locmem: StrictCounter) -> None:
     assert locmem.kind == NOT_SHARED
     assert not locmem.can_enumerate
     assert locmem.hit(BUCKET, 2, 0.5) == 2
-    assert locmem.hit_and_previous(BUCKET, ("login", "x", 60, START), 3, 60.0) == (5, 0)
+    assert locmem.hit_many([BUCKET], 3, [60.0], [("login", "x", 60, START)]) == ([5], [0])
     assert locmem.totals([BUCKET, ("login", "y", 60, START)]) == [5, 0]
     cache = caches["default"]
     assert isinstance(cache, LocMemCache)

@@ -43,12 +43,6 @@ def fixed_window(current: int, limit: int, period: int, now: float) -> Decision:
     return Decision(current, current > limit, start + period - now)
 
 
-def sliding_weight(now: float, period: int) -> float:
-    """The share of the previous window that still lies inside the sliding period."""
-    elapsed = now - window_start(now, period)
-    return (period - elapsed) / period
-
-
 def sliding_window(previous: int, current: int, limit: int, period: int, now: float) -> Decision:
     """Weight the previous window by its overlap with the last ``period`` seconds.
 

@@ -73,13 +73,6 @@ class StrictCounter:
         """Add ``cost`` to the bucket (expiring in ``expires_in`` s if new); return its total."""
         return self.hit_many((bucket_key,), cost, (expires_in,))[0][0]
 
-    def hit_and_previous(
-        self, bucket_key: BucketKey, previous_key: BucketKey, cost: int, expires_in: float
-    ) -> tuple[int, int]:
-        """``hit`` and the previous window's total, in one round trip on Redis."""
-        current, previous = self.hit_many((bucket_key,), cost, (expires_in,), (previous_key,))
-        return current[0], previous[0]
-
     def hit_many(
         self,
         bucket_keys: Sequence[BucketKey],

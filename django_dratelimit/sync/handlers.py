@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..local.chunks import chunks
+from ..local.store import Entry
 from ..logutil import log_throttled
 from . import protocol
 from .answers import inspect_answer, reset_answer
@@ -229,10 +230,10 @@ class Handlers:
         flat = [(origin, e) for origin, entries in relay.items() for e in entries]
         batches = []
         for batch in chunks(flat, node.chunk):
-            grouped: dict[str, list[Any]] = {}
+            grouped: dict[str, list[Entry]] = {}
             for origin, entry in batch:
-                grouped.setdefault(origin, []).append(list(entry))
-            batches.append({"rl": grouped})
+                grouped.setdefault(origin, []).append(entry)
+            batches.append({"rl": protocol.encode_relay(grouped)})
         await self._send_answer(channel, protocol.RELAY, batches, self.store.reset_states())
         self.metrics.relays_sent += 1
 

@@ -23,20 +23,7 @@ from django_dratelimit.strict.cache_keys import MAX_COMPONENT, cache_key, parse_
 from django_dratelimit.strict.counter import StrictCounter, StrictUnavailable, StrictUnsupported
 from tests.cluster import LOOPBACK, RedisServer, free_port
 from tests.conftest import FakeClock
-
-DJANGO_REDIS = "django_redis.cache.RedisCache"
-DJANGO_BUILTIN = "django.core.cache.backends.redis.RedisCache"
-START = 1_699_999_980  # a minute boundary
-BUCKET = ("login", "203.0.113.7", 60, START)
-
-
-def redis_cache(backend: str, url: str, timeout: float = 0.2, **extra: Any) -> dict[str, Any]:
-    """The CACHES entry README recommends for strict mode: short socket timeouts."""
-    if backend == DJANGO_REDIS:
-        options = {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout}
-    else:
-        options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
-    return {"BACKEND": backend, "LOCATION": url, "OPTIONS": options, **extra}
+from tests.strict_caches import BUCKET, DJANGO_BUILTIN, DJANGO_REDIS, START, redis_cache
 
 
 @pytest.fixture(autouse=True)

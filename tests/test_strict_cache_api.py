@@ -25,7 +25,7 @@ from django_dratelimit.strict.counter import (
 )
 from django_dratelimit.strict.kinds import NOT_SHARED
 from tests.conftest import FakeClock
-from tests.test_strict import BUCKET, START
+from tests.strict_caches import BUCKET, START
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from django.test import override_settings
 
 from django_dratelimit.local.algorithms import FIXED_WINDOW, SLIDING_WINDOW
 from django_dratelimit.strict.checks import check_strict_algorithm, check_strict_cache
-from tests.test_strict import DJANGO_BUILTIN, DJANGO_REDIS, redis_cache
+from tests.strict_caches import DJANGO_BUILTIN, DJANGO_REDIS, redis_cache
 
 # -- checks --------------------------------------------------------------------------------
 

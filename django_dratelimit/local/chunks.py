@@ -1,4 +1,4 @@
-"""Lists cut into chunks: the sync's messages and the strict cache's batches both need it.
+"""Items cut into lists: the sync's messages and the strict cache's batches both need it.
 
 It lives in ``local/`` because every wing may import ``local/`` (see
 tests/test_layout.py) and it needs nothing but Python.
@@ -6,19 +6,24 @@ tests/test_layout.py) and it needs nothing but Python.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
-def chunks(items: list[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of at most ``size``; one empty list when there are none.
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of at most ``size``, read as they come; one empty list for none.
 
     The empty list is for the sync: a message with no entries still goes out
-    (it carries the resets, or says ``last``).
+    (it carries the resets, or says ``last``). An iterator is not read ahead
+    of the chunk being yielded, so a Redis SCAN streams through.
     """
-    if not items:
-        yield []
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    iterator = iter(items)
+    batch = list(islice(iterator, size))
+    while True:
+        yield batch
+        batch = list(islice(iterator, size))
+        if not batch:
+            return

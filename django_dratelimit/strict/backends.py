@@ -98,7 +98,10 @@ class StrictBackend(Protocol):
         """Delete ``key``'s counters in ``group`` (every key's when None); return how many."""
 
     def live(self, group: str | None, key_substring: str | None) -> list[tuple[BucketKey, int]]:
-        """Every counter of ``group`` (or all) whose key contains ``key_substring``."""
+        """Every counter of ``group`` (or all) whose key contains ``key_substring``, sorted.
+
+        Empty when the cache cannot list its keys (``can_enumerate`` is False).
+        """
 
 
 def connect(alias: str) -> tuple[str, StrictBackend]:
@@ -180,9 +183,9 @@ class RedisBackend:
         deleted = 0
         for middle in middles:
             pattern = self.pattern(f"{PREFIX}:{component(group)}:{middle}:*")
-            found = list(self.client.scan_iter(match=pattern, count=CHUNK))
-            if found:
-                deleted += sum(int(self.client.delete(*batch)) for batch in chunks(found, CHUNK))
+            for batch in chunks(self.client.scan_iter(match=pattern, count=CHUNK), CHUNK):
+                if batch:
+                    deleted += int(self.client.delete(*batch))
         return deleted
 
     def live(self, group: str | None, key_substring: str | None) -> list[tuple[BucketKey, int]]:
@@ -190,11 +193,10 @@ class RedisBackend:
         middle = f"*{escape(key_substring)}*" if key_substring else "*"
         first = "*" if group is None else component(group)
         pattern = self.pattern(f"{PREFIX}:{first}:{middle}:*")
-        raws = list(self.client.scan_iter(match=pattern, count=CHUNK))
         found: list[tuple[BucketKey, int]] = []
-        if not raws:
-            return found
-        for batch in chunks(raws, CHUNK):
+        for batch in chunks(self.client.scan_iter(match=pattern, count=CHUNK), CHUNK):
+            if not batch:
+                continue  # nothing matched
             for raw, value in zip(batch, self.client.mget(batch), strict=True):
                 bucket = parse_cache_key(raw.decode("utf-8", "replace"))
                 if value is None or bucket is None:

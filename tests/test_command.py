@@ -31,8 +31,8 @@ from django_dratelimit.conf import conf
 from django_dratelimit.limiter import Limiter
 from django_dratelimit.local.scopes import base_key
 from django_dratelimit.local.store import BucketState, Entry, ResetState
-from django_dratelimit.management.commands.ratelimit import WIDTH, table
 from django_dratelimit.ops import client
+from django_dratelimit.ops.table import WIDTH, table
 from django_dratelimit.rates import Rate
 from django_dratelimit.sync import protocol
 from django_dratelimit.sync.keys import signing_keys

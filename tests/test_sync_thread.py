@@ -16,6 +16,7 @@ from django_dratelimit.rates import parse_rate_string
 from django_dratelimit.sync.thread import SyncThread, start_sync
 from tests.cluster import RedisServer, wait_for
 from tests.conftest import layer_config
+from tests.helpers import wait_for_window
 
 LAYERS = ["core", "pubsub", "stock"]
 
@@ -32,9 +33,7 @@ def redis_layers(request: pytest.FixtureRequest, redis_db: RedisServer) -> Itera
 @pytest.fixture(autouse=True)
 def one_window() -> None:
     """Hourly rates, and never the last half minute of an hour: a test's hits share a window."""
-    left = 3600 - time.time() % 3600
-    if left < 30:
-        time.sleep(left + 0.05)
+    wait_for_window(3600, needed=30)
 
 
 def sync_threads() -> list[threading.Thread]:

@@ -76,10 +76,15 @@ def converged_count(servers: list[DemoServer], expected: int, timeout: float) ->
 
 
 def warm(servers: list[DemoServer]) -> None:
-    # The first limiter use starts a process's sync thread; do it before the load.
-    for server in servers:
-        server.state()
-    time.sleep(0.3)
+    """Start every process's sync thread (its first limiter use) before the load,
+    and wait until each one hears from all the others."""
+    peers = len(servers) - 1
+
+    def everyone_known() -> bool:
+        infos = [server.state()["sync"] for server in servers]
+        return all(info is not None and info["peers"] >= peers for info in infos)
+
+    wait_for(everyone_known, 10, f"every process to hear from its {peers} peers")
 
 
 @pytest.mark.parametrize("layer", ["core", "pubsub"])
@@ -151,11 +156,12 @@ def test_broker_outage_loses_no_hit(layer: str, servers: Callable[..., DemoServe
         loader = threading.Thread(target=keep_loading)
         loader.start()
         try:
-            time.sleep(1.0)
+            wait_for(lambda: len(results) >= 1, 30, "the load to flow")
             redis.stop()
-            time.sleep(3.0)  # serving with local counts only
+            time.sleep(3.0)  # the outage: serving with local counts only
             redis.start()
-            time.sleep(1.0)
+            rounds = len(results)
+            wait_for(lambda: len(results) >= rounds + 2, 30, "load after the recovery")
         finally:
             stop.set()
             loader.join(60)

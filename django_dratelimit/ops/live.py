@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..local.scopes import base_key
-from ..management.commands.ratelimit import reset_strict, strict_counters, strict_views
 from . import client
 from .render import duration, period, plural
+from .strict_cache import reset_strict, strict_counters, strict_views
 
 logger = logging.getLogger("django_dratelimit")
 

@@ -15,8 +15,7 @@ class DratelimitConfig(AppConfig):
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
-        from .checks import check_settings
-        from .checks_compat import check_compat
+        from .checks import check_compat, check_settings
         from .ops.checks import check_ops
 
         checks.register(check_settings, "dratelimit")

@@ -27,6 +27,20 @@ class FakeClock:
         self.now += seconds
 
 
+# The fixtures that start a redis-server; cluster and fault tests start their own too.
+REDIS_FIXTURES = {"redis_server", "redis_db", "own_redis"}
+REDIS_MARKERS = {"cluster", "faults"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a redis-server ``redis``: ``-m "not redis"`` runs without."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        markers = {marker.name for marker in item.iter_markers()}
+        if fixtures & REDIS_FIXTURES or markers & REDIS_MARKERS:
+            item.add_marker(pytest.mark.redis)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     # Starts 10 s into a minute (1_700_000_000 is 20 s past a minute boundary: align it).

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.cluster import ROOT, DemoServer, RedisServer, load, wait_for
+from tests.helpers import wait_for_window
 
 pytestmark = pytest.mark.cluster
 
@@ -62,9 +62,7 @@ def manage(env: dict[str, str], *args: str) -> None:
 @pytest.fixture(autouse=True)
 def one_window() -> None:
     """Never the last minute of an hour: every hit of the test counts in one window."""
-    left = 3600 - time.time() % 3600
-    if left < 60:
-        time.sleep(left + 0.05)  # waits for a clock boundary, not for another thread
+    wait_for_window(3600, needed=60)
 
 
 @pytest.fixture

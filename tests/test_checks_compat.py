@@ -12,7 +12,7 @@ from django.test import override_settings
 
 from django_dratelimit import decorators, ratelimit
 from django_dratelimit.checks import check_settings
-from django_dratelimit.checks_compat import check_compat
+from django_dratelimit.checks.compat import check_compat
 from tests import views
 
 RULE = {"name": "api", "path": r"^/api/", "key": "ip", "rate": "5/m"}
@@ -72,7 +72,7 @@ def test_w006_an_old_setting_with_no_meaning_here(old: str) -> None:
 def test_old_settings_are_django_ratelimit_s_while_it_is_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("django_dratelimit.checks_compat.ratelimit_installed", lambda: True)
+    monkeypatch.setattr("django_dratelimit.checks.compat.ratelimit_installed", lambda: True)
     assert ids(RATELIMIT_ENABLE=False, RATELIMIT_HASH_ALGORITHM="x") == []
 
 

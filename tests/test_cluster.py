@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from django_dratelimit.local.scopes import window_offset
 from testproject.cluster import CLUSTER_GROUP, SHARED_KEY
+from tests import helpers
 from tests.cluster import DemoServer, RedisServer, load, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -29,15 +29,9 @@ SYNC_INTERVAL = 0.05
 LATENCY_ALLOWANCE = 0.1
 
 
-def fresh_window(period: int = 60, needed: float = 25.0) -> None:
-    """Start the load early in a window, so it all counts in one window.
-
-    The demo's shared key is counted by @ratelimit, in its own staggered window.
-    """
-    offset = window_offset(CLUSTER_GROUP, SHARED_KEY, period)
-    left = period - (time.time() - offset) % period
-    if left < needed:
-        time.sleep(left + 0.05)
+def fresh_window(needed: float = 25.0) -> None:
+    """Start the load early in the shared key's minute, so it all counts in one window."""
+    helpers.fresh_window(CLUSTER_GROUP, SHARED_KEY, 60, needed)
 
 
 def settle_time(servers: list[DemoServer]) -> float:
@@ -45,19 +39,9 @@ def settle_time(servers: list[DemoServer]) -> float:
 
 
 def server_env(redis: RedisServer, layer: str, **extra: str) -> dict[str, str]:
-    """The servers' settings. Budgets off: these tests check that every hit, refused
-    ones included, reaches every process, and the bound without budgets (the worst
-    case); tests/test_budgets_cluster.py checks budgets."""
-    env = {
-        "REDIS_URL": redis.url,
-        "DEMO_CLUSTER_RATE": RATE,
-        "DRATELIMIT_SYNC_INTERVAL": str(SYNC_INTERVAL),
-        "DRATELIMIT_ANTI_ENTROPY": "1.0",
-        "DRATELIMIT_BUDGETS": "0",
-    }
-    env["DRATELIMIT_LAYER"] = layer
-    env.update(extra)
-    return env
+    """The servers' settings, at this file's rate (budgets off: every hit, refused ones
+    included, must reach every process; tests/test_budgets_cluster.py checks budgets)."""
+    return helpers.server_env(redis.url, layer, RATE, **extra)
 
 
 @pytest.fixture
@@ -92,10 +76,15 @@ def converged_count(servers: list[DemoServer], expected: int, timeout: float) ->
 
 
 def warm(servers: list[DemoServer]) -> None:
-    # The first limiter use starts a process's sync thread; do it before the load.
-    for server in servers:
-        server.state()
-    time.sleep(0.3)
+    """Start every process's sync thread (its first limiter use) before the load,
+    and wait until each one hears from all the others."""
+    peers = len(servers) - 1
+
+    def everyone_known() -> bool:
+        infos = [server.state()["sync"] for server in servers]
+        return all(info is not None and info["peers"] >= peers for info in infos)
+
+    wait_for(everyone_known, 10, f"every process to hear from its {peers} peers")
 
 
 @pytest.mark.parametrize("layer", ["core", "pubsub"])
@@ -167,11 +156,12 @@ def test_broker_outage_loses_no_hit(layer: str, servers: Callable[..., DemoServe
         loader = threading.Thread(target=keep_loading)
         loader.start()
         try:
-            time.sleep(1.0)
+            wait_for(lambda: len(results) >= 1, 30, "the load to flow")
             redis.stop()
-            time.sleep(3.0)  # serving with local counts only
+            time.sleep(3.0)  # the outage: serving with local counts only
             redis.start()
-            time.sleep(1.0)
+            rounds = len(results)
+            wait_for(lambda: len(results) >= rounds + 2, 30, "load after the recovery")
         finally:
             stop.set()
             loader.join(60)

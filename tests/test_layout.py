@@ -117,7 +117,7 @@ def _wing(name: str) -> str:
 
 
 def _corridors(name: str, target: str) -> bool:
-    if _wing(name) not in ("", "local", "strict") or name in OPERATOR_ENTRY_POINTS:
+    if _wing(name) not in ("", "local", "strict", "checks") or name in OPERATOR_ENTRY_POINTS:
         return True
     return name == "apps" or _wing(target) not in ("sync", "ops")
 

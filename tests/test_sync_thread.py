@@ -13,9 +13,11 @@ from django_dratelimit import logutil
 from django_dratelimit.limiter import Limiter, get_limiter, set_limiter
 from django_dratelimit.local.store import CounterStore
 from django_dratelimit.rates import parse_rate_string
+from django_dratelimit.sync.node import SyncNode
 from django_dratelimit.sync.thread import SyncThread, start_sync
 from tests.cluster import RedisServer, wait_for
 from tests.conftest import layer_config
+from tests.helpers import wait_for_window
 
 LAYERS = ["core", "pubsub", "stock"]
 
@@ -32,9 +34,24 @@ def redis_layers(request: pytest.FixtureRequest, redis_db: RedisServer) -> Itera
 @pytest.fixture(autouse=True)
 def one_window() -> None:
     """Hourly rates, and never the last half minute of an hour: a test's hits share a window."""
-    left = 3600 - time.time() % 3600
-    if left < 30:
-        time.sleep(left + 0.05)
+    wait_for_window(3600, needed=30)
+
+
+def heard_from_peers(*limiters: Limiter, messages: int) -> None:
+    """Wait until each limiter's node has received ``messages`` more from its peers."""
+    nodes = [lim.sync.node for lim in limiters if lim.sync is not None]
+    assert len(nodes) == len(limiters)
+
+    def from_peers(node: SyncNode | None) -> int:
+        assert node is not None
+        return node.metrics.messages_received - node.metrics.own_messages
+
+    before = [from_peers(node) for node in nodes]
+    wait_for(
+        lambda: all(from_peers(n) >= b + messages for n, b in zip(nodes, before, strict=True)),
+        10,
+        f"{messages} more messages from the peers",
+    )
 
 
 def sync_threads() -> list[threading.Thread]:
@@ -57,7 +74,7 @@ def test_two_processes_worth_of_limiters_converge(redis_layers: str) -> None:
         # A reset on one side reaches the other, and the count stays down.
         first.reset("g", "k")
         wait_for(lambda: second.get("g", "k", "100/h").count == 0, 5, "the reset to arrive")
-        time.sleep(0.6)  # one anti-entropy round must not resurrect it
+        heard_from_peers(first, second, messages=2)  # an anti-entropy round must not resurrect it
         assert first.get("g", "k", "100/h").count == 0
         assert second.get("g", "k", "100/h").count == 0
     finally:
@@ -208,9 +225,11 @@ def test_two_sites_on_one_redis_do_not_share_counts(redis_layers: str) -> None:
         twin = Limiter()  # a second process of our site
         try:
             wait_for(lambda: twin.get("api", "k", "100/h").count == 5, 5, "our own 5 hits")
+            # A hit after theirs started, that our twin sees: it went past theirs too.
+            ours.hit("api", "k", "100/h")
+            wait_for(lambda: twin.get("api", "k", "100/h").count == 6, 5, "our sixth hit")
         finally:
             twin.close()
-        time.sleep(0.1)  # several sync rounds
         assert theirs.get("api", "k", "100/h").count == 1
     finally:
         ours.close()
@@ -282,8 +301,11 @@ def test_a_process_with_a_rotated_secret_key_still_syncs(redis_db: RedisServer) 
             stranger = Limiter()  # another site's key on the same Redis
             limiters.append(stranger)
             stranger.hit("g", "k", "100/h")
-            time.sleep(0.3)  # a negative: nothing may arrive in that time
-            assert stranger.get("g", "k", "100/h").count == 1
+        # A hit after the stranger started, that reaches the other process of our site:
+        # it went past the stranger too, and must not count there.
+        limiters[0].hit("g", "k", "100/h")
+        wait_for(lambda: limiters[1].get("g", "k", "100/h").count == 5, 5, "the fifth hit")
+        assert stranger.get("g", "k", "100/h").count == 1
     finally:
         for limiter in limiters:
             limiter.close()

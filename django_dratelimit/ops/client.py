@@ -4,7 +4,7 @@ Counters live in the memory of each process, so ``manage.py ratelimit`` (or any
 script) cannot read them directly: it sends a request to the sync group with a
 reply channel of its own and gathers the answers until a timeout::
 
-    from django_dratelimit import client
+    from django_dratelimit.ops import client
 
     answers = client.inspect(group="login")
     rows = client.merge_buckets(answers.answers)
@@ -20,19 +20,55 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from channels.layers import channel_layers
 
 from ..conf import conf
-from ..local.store import BucketState
-from ..rates import MAX_LIMIT, MAX_PERIOD, Rate
 from ..sync import protocol
 from ..sync.keys import signing_keys, sync_groups
 from ..sync.layers import close_layer, is_idle_timeout, is_shared, layer_config
 from ..sync.protocol import MalformedMessage
+
+# The answers, their parsing and their merging live beside this module; the
+# names stay reachable here, where the command, the admin page and scripts look.
+from .answers import (
+    Answer,
+    BucketView,
+    ClusterError,
+    Gathered,
+    LocalOnly,
+    NoAnswer,
+    NodeInfo,
+    ResetResult,
+)
+from .buckets import known_limit, merge_buckets
+from .replies import ForeignReply, parse_info, parse_plans, parse_rates, parse_reply
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_TIMEOUT",
+    "Answer",
+    "BucketView",
+    "ClusterError",
+    "Gathered",
+    "LocalOnly",
+    "NoAnswer",
+    "NodeInfo",
+    "ResetResult",
+    "ask",
+    "check_timeout",
+    "inspect",
+    "known_limit",
+    "layer_alias",
+    "merge_buckets",
+    "nodes",
+    "parse_info",
+    "parse_plans",
+    "parse_rates",
+    "parse_reply",
+    "reset_cluster",
+]
 
 logger = logging.getLogger("django_dratelimit")
 
@@ -46,313 +82,6 @@ _LOCAL_ONLY = (
     "another process with {why}. Use a shared layer such as "
     "django_dratelimit.layers.RedisPubSubChannelLayer (see README, 'Running a cluster')."
 )
-_COUNTERS = ("messages_sent", "messages_received", "broker_errors")
-
-
-class ClusterError(Exception):
-    """The cluster cannot be asked: configuration, broker, or nobody answered."""
-
-
-class LocalOnly(ClusterError):
-    """The configured layer cannot carry messages between processes."""
-
-
-class NoAnswer(ClusterError):
-    """The request went out, but no process answered within the timeout."""
-
-
-# -- what the nodes said -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """One process as it describes itself."""
-
-    node: str
-    host: str
-    pid: int
-    layer: str
-    group: str
-    buckets: int
-    sync_interval: float
-    # Sync v2: SYNC_INTERVAL stretched for the number of peers, and who they are.
-    effective_interval: float | None
-    peers: int | None
-    started_at: float
-    messages_sent: int
-    messages_received: int
-    dropped: int
-    broker_errors: int
-    last_send_ok: float | None
-    last_error: str
-    metrics: dict[str, Any]
-    # Our clock when the answer arrived: uptime and "last send" are as of then,
-    # not as of the end of the wait.
-    received_at: float
-
-    @property
-    def uptime(self) -> float:
-        return max(0.0, self.received_at - self.started_at)
-
-    @property
-    def last_send_age(self) -> float | None:
-        if self.last_send_ok is None:
-            return None
-        return max(0.0, self.received_at - self.last_send_ok)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "host": self.host,
-            "pid": self.pid,
-            "uptime": round(self.uptime, 3),
-            "layer": self.layer,
-            "group": self.group,
-            "buckets": self.buckets,
-            "sync_interval": self.sync_interval,
-            "effective_interval": self.effective_interval,
-            "peers": self.peers,
-            "messages_sent": self.messages_sent,
-            "messages_received": self.messages_received,
-            "dropped": self.dropped,
-            "broker_errors": self.broker_errors,
-            "last_send_ok": self.last_send_ok,
-            "last_error": self.last_error,
-            "metrics": self.metrics,
-        }
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One node's validated reply."""
-
-    info: NodeInfo
-    buckets: tuple[BucketState, ...] = ()
-    rates: dict[str, tuple[Rate, ...]] = field(default_factory=dict)
-    truncated: bool = False
-    removed: int = 0
-    generation: int | None = None
-    # Buckets in budget mode on this node: the level each process may count up to.
-    plans: dict[tuple[str, str, int, int], dict[str, int]] = field(default_factory=dict)
-
-
-@dataclass
-class Gathered:
-    """Every answer to one request, one per node."""
-
-    answers: list[Answer]
-    alias: str
-    group: str
-    timeout: float
-    groups: list[str] = field(default_factory=list)
-    ignored: int = 0  # malformed replies, or replies to another request or group
-    duplicates: int = 0
-
-    @property
-    def truncated(self) -> bool:
-        return any(a.truncated for a in self.answers)
-
-
-@dataclass(frozen=True)
-class ResetResult:
-    group: str
-    key: str | None
-    generation: int
-    gathered: Gathered
-
-    @property
-    def confirmed(self) -> int:
-        return len(self.gathered.answers)
-
-    @property
-    def removed(self) -> int:
-        return sum(a.removed for a in self.gathered.answers)
-
-
-@dataclass(frozen=True)
-class BucketView:
-    """One bucket as the cluster sees it, merged over every node's answer."""
-
-    group: str
-    key: str
-    period: int
-    window_start: int
-    total: int  # the highest total any node holds (they converge on it)
-    low: int  # the lowest: how far the slowest node lags
-    per_node: dict[str, int]
-    counts: dict[str, int]  # per origin, max-merged over the nodes
-    limit: int | None
-    strict: bool = False  # read from the strict cache, not from the nodes
-    # In budget mode: per process, the level it may count up to (as its nodes say).
-    budget: dict[str, int] | None = None
-
-    @property
-    def window_end(self) -> int:
-        return self.window_start + self.period
-
-    def seconds_left(self, now: float) -> float:
-        return self.window_end - now
-
-    def as_dict(self, now: float) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "key": self.key,
-            "period": self.period,
-            "window_start": self.window_start,
-            "window_end": self.window_end,
-            "seconds_left": round(self.seconds_left(now), 3),
-            "total": self.total,
-            "min": self.low,
-            "max": self.total,
-            "limit": self.limit,
-            "nodes": self.per_node,
-            "counts": self.counts,
-            "strict": self.strict,
-            "budget": self.budget,
-        }
-
-
-# -- validation of replies ------------------------------------------------------------
-
-
-class _Ignored(MalformedMessage):
-    """A well-formed reply that is not for us (another request or another group)."""
-
-
-def _number(value: Any, what: str, optional: bool = False) -> float | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise MalformedMessage(f"{what} must be a non-negative number")
-    return float(value)
-
-
-def _string(value: Any, what: str) -> str:
-    # Unlike protocol.text, may be empty (a layer name, the last error).
-    if not isinstance(value, str) or len(value) > protocol.MAX_TEXT:
-        raise MalformedMessage(f"{what} must be a string of at most {protocol.MAX_TEXT} chars")
-    return value
-
-
-def _count(value: Any, what: str) -> int:
-    return protocol.count(value, what)
-
-
-def _optional_count(value: Any, what: str) -> int | None:
-    return None if value is None else _count(value, what)
-
-
-def parse_info(raw: Any, sender: str, now: float) -> NodeInfo:
-    if not isinstance(raw, dict):
-        raise MalformedMessage("info must be a dict")
-    if raw.get("node") != sender:
-        raise MalformedMessage("info.node is not the sender")
-    metrics = raw.get("metrics")
-    if not isinstance(metrics, dict) or len(metrics) > 100:
-        raise MalformedMessage("info.metrics must be a dict")
-    # Unknown metrics (a newer version) are kept for --json, if they are plain values.
-    plain = {
-        k: v
-        for k, v in metrics.items()
-        if isinstance(k, str) and (v is None or isinstance(v, bool | int | float | str))
-    }
-    counters = {name: _count(metrics.get(name, 0), f"metrics.{name}") for name in _COUNTERS}
-    # What a node received and could not use: dropped, not applied (dropped_<reason>).
-    dropped = sum(
-        _count(value, f"metrics.{name}")
-        for name, value in metrics.items()
-        if isinstance(name, str) and name.startswith("dropped_")
-    )
-    return NodeInfo(
-        node=sender,
-        host=protocol.required_text(raw.get("host"), "info.host"),
-        pid=protocol.integer(raw.get("pid"), "info.pid", 0, 2**32),
-        layer=_string(raw.get("layer"), "info.layer"),
-        group=protocol.required_text(raw.get("group"), "info.group"),
-        buckets=_count(raw.get("buckets"), "info.buckets"),
-        sync_interval=_number(raw.get("sync_interval"), "info.sync_interval") or 0.0,
-        effective_interval=_number(raw.get("effective_interval"), "info.effective_interval", True),
-        peers=_optional_count(raw.get("peers"), "info.peers"),
-        started_at=_number(metrics.get("started_at"), "metrics.started_at") or 0.0,
-        messages_sent=counters["messages_sent"],
-        messages_received=counters["messages_received"],
-        dropped=dropped,
-        broker_errors=counters["broker_errors"],
-        last_send_ok=_number(metrics.get("last_send_ok"), "metrics.last_send_ok", True),
-        last_error=_string(metrics.get("last_error", ""), "metrics.last_error"),
-        metrics=plain,
-        received_at=now,
-    )
-
-
-def parse_rates(raw: Any) -> dict[str, tuple[Rate, ...]]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or len(raw) > protocol.MAX_BUCKETS:
-        raise MalformedMessage("rates must be a dict of groups")
-    rates = {}
-    for group, pairs in raw.items():
-        protocol.text(group, "rate group")
-        if not isinstance(pairs, list) or len(pairs) > 16:
-            raise MalformedMessage("a group's rates must be a list of [limit, period]")
-        parsed = []
-        for pair in pairs:
-            if not isinstance(pair, list | tuple) or len(pair) != 2:
-                raise MalformedMessage("a rate must be [limit, period]")
-            limit = protocol.integer(pair[0], "rate limit", 0, MAX_LIMIT)
-            period = protocol.integer(pair[1], "rate period", 1, MAX_PERIOD)
-            parsed.append(Rate(limit, period))
-        rates[group] = tuple(parsed)
-    return rates
-
-
-def parse_reply(
-    message: Any,
-    request: str,
-    groups: Iterable[str],
-    kind: str,
-    keys: list[bytes],
-    now: float | None = None,
-) -> Answer:
-    """Open and validate one reply as a whole; raise MalformedMessage (or _Ignored) to drop it."""
-    now = time.time() if now is None else now
-    try:
-        reply_kind, payload = protocol.open_message(message, keys, now)
-    except protocol.Rejected as exc:
-        raise MalformedMessage(f"{exc} ({exc.reason})") from None
-    if reply_kind != protocol.REPLY:
-        raise MalformedMessage(f"type {reply_kind!r}, expected {protocol.REPLY}")
-    if payload.get("request") != request:
-        raise _Ignored("a reply to another request")
-    info = parse_info(payload.get("info"), payload["node"], now)
-    if info.group not in groups:
-        raise _Ignored(f"a reply from group {info.group!r}, not one of {list(groups)}")
-    if kind == protocol.RESET:
-        generation = payload.get("generation")
-        if generation is not None:
-            # As the nodes bound a reset's generation: ns, not far past our clock.
-            high = int(now * 1e9) + int(protocol.CLOCK_SKEW * 1e9)
-            generation = protocol.integer(generation, "generation", 0, high)
-        return Answer(
-            info, removed=_count(payload.get("removed"), "removed"), generation=generation
-        )
-    truncated = payload.get("truncated", False)
-    if not isinstance(truncated, bool):
-        raise MalformedMessage("truncated must be a boolean")
-    return Answer(
-        info,
-        buckets=tuple(protocol.decode_states(payload.get("buckets"), now)),
-        rates=parse_rates(payload.get("rates")),
-        truncated=truncated,
-        plans=parse_plans(payload.get("plans"), now),
-    )
-
-
-def parse_plans(raw: Any, now: float) -> dict[tuple[str, str, int, int], dict[str, int]]:
-    if raw is None:
-        return {}  # a node that predates budgets
-    states = protocol.decode_states(raw, now)
-    return {(s.group, s.key, s.period, s.window_start): s.counts for s in states}
 
 
 # -- asking the group ----------------------------------------------------------------------
@@ -470,7 +199,7 @@ async def _collect(
             answer = parse_reply(message, request, gathered.groups, kind, keys)
         except MalformedMessage as exc:
             gathered.ignored += 1
-            level = logging.DEBUG if isinstance(exc, _Ignored) else logging.WARNING
+            level = logging.DEBUG if isinstance(exc, ForeignReply) else logging.WARNING
             logger.log(level, "dratelimit: ignored a reply: %s", exc)
             continue
         if answer.info.node in answers:
@@ -541,63 +270,3 @@ async def _reset(group: str, key: str | None, seconds: float) -> ResetResult:
         again.ignored += gathered.ignored
         gathered = again
     return ResetResult(group, key, generation, gathered)
-
-
-# -- merging the answers ----------------------------------------------------------------------
-
-
-def known_limit(answers: Iterable[Answer], group: str, period: int) -> int | None:
-    for answer in answers:
-        for rate in answer.rates.get(group, ()):
-            if rate.period == period:
-                return rate.limit
-    return None
-
-
-def _budget(answers: list[Answer], bucket: tuple[str, str, int, int]) -> dict[str, int] | None:
-    """The levels of a bucket in budget mode, max-merged over the nodes that say so."""
-    levels: dict[str, int] = {}
-    for answer in answers:
-        for origin, level in answer.plans.get(bucket, {}).items():
-            levels[origin] = max(levels.get(origin, 0), level)
-    return levels or None
-
-
-def merge_buckets(
-    answers: list[Answer], now: float | None = None, current_only: bool = True
-) -> list[BucketView]:
-    """One row per bucket, hottest first; ``current_only`` skips windows that ended."""
-    now = time.time() if now is None else now
-    seen: dict[tuple[str, str, int, int], dict[str, BucketState]] = {}
-    for answer in answers:
-        for state in answer.buckets:
-            if current_only and state.window_start + state.period <= now:
-                continue  # kept by the nodes for sliding windows; no longer counting
-            bucket_key = (state.group, state.key, state.period, state.window_start)
-            seen.setdefault(bucket_key, {})[answer.info.node] = state
-    complete = [a.info.node for a in answers if not a.truncated]
-    views = []
-    for (group, key, period, start), by_node in seen.items():
-        per_node = {node: state.total for node, state in by_node.items()}
-        # A node that answered in full without this bucket holds zero of it.
-        totals = [*per_node.values(), *(0 for node in complete if node not in per_node)]
-        counts: dict[str, int] = {}
-        for state in by_node.values():
-            for origin, count in state.counts.items():
-                counts[origin] = max(counts.get(origin, 0), count)
-        views.append(
-            BucketView(
-                group,
-                key,
-                period,
-                start,
-                max(totals),
-                min(totals),
-                per_node,
-                counts,
-                known_limit(answers, group, period),
-                budget=_budget(answers, (group, key, period, start)),
-            )
-        )
-    views.sort(key=lambda v: (-v.total, v.group, v.key, v.period, v.window_start))
-    return views

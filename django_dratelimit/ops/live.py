@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..local.scopes import base_key
-from ..management.commands.ratelimit import reset_strict, strict_counters, strict_views
 from ..rates import format_period
 from . import client
 from .render import duration, plural
+from .strict_cache import reset_strict, strict_counters, strict_views
 
 logger = logging.getLogger("django_dratelimit")
 

@@ -11,8 +11,6 @@ from . import protocol
 if TYPE_CHECKING:
     from .node import SyncNode
 
-MAX_INSPECT_BUCKETS = 5_000
-
 
 def inspect_answer(node: SyncNode, payload: dict[str, Any]) -> dict[str, Any]:
     """This node's info and its live buckets, filtered as the command asked."""
@@ -20,14 +18,14 @@ def inspect_answer(node: SyncNode, payload: dict[str, Any]) -> dict[str, Any]:
     key = payload.get("key")
     limit = payload.get("limit")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        limit = MAX_INSPECT_BUCKETS
+        limit = protocol.MAX_INSPECT_BUCKETS
     states = node.store.live_states(node.clock())
     if isinstance(group, str) and group:
         states = [s for s in states if s.group == group]
     if isinstance(key, str) and key:
         states = [s for s in states if key in s.key]
     states.sort(key=lambda s: -s.total)
-    shown = states[: min(limit, MAX_INSPECT_BUCKETS)]
+    shown = states[: min(limit, protocol.MAX_INSPECT_BUCKETS)]
     planned = node.store.planned(node.clock())
     plans = [[*s[:4], s.generation, planned[s[:4]]] for s in shown if s[:4] in planned]
     return {

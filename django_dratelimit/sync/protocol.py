@@ -50,6 +50,7 @@ MAX_TEXT = 1024
 MAX_BUCKETS = 10_000  # entries in one message
 MAX_ORIGINS = 1_000
 MAX_RESETS = 10_000
+MAX_INSPECT_BUCKETS = 5_000  # buckets in one answer to inspect (the command's --limit)
 MAX_PAYLOAD = 4 * 1024 * 1024  # bytes of JSON
 MAX_SIGNATURES = 8
 CLOCK_SKEW = 60.0  # seconds a peer's window may be ahead of ours

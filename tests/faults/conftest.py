@@ -16,8 +16,12 @@ from typing import Any
 
 import pytest
 
-from django_dratelimit.local.scopes import window_offset
 from tests.cluster import DemoServer, RedisServer, wait_for
+
+# One copy of each for every test file; the fault tests import them from here too.
+from tests.helpers import fresh_key as fresh_key
+from tests.helpers import fresh_window as fresh_window
+from tests.helpers import server_env as server_env
 
 SYNC_INTERVAL = 0.05
 HEARTBEAT = 1.0  # ANTI_ENTROPY_INTERVAL: heartbeats, and pulls of what a heartbeat shows missing
@@ -80,32 +84,6 @@ def own_redis() -> Iterator[RedisServer]:
     server.close()
 
 
-def server_env(redis_url: str, rate: str = "1000000/h", **extra: str) -> dict[str, str]:
-    env = {
-        "REDIS_URL": redis_url,
-        "DEMO_CLUSTER_RATE": rate,
-        "DRATELIMIT_LAYER": "pubsub",
-        "DRATELIMIT_SYNC_INTERVAL": str(SYNC_INTERVAL),
-        "DRATELIMIT_ANTI_ENTROPY": str(HEARTBEAT),
-        # Budgets off: these scenarios measure what the sync itself keeps and loses,
-        # with every hit counted; budgets under faults are in tests/test_budgets*.py.
-        "DRATELIMIT_BUDGETS": "0",
-    }
-    env.update(extra)
-    return env
-
-
-def fresh_window(group: str, key: str, period: int, needed: float) -> None:
-    """Wait (if need be) for a window of ``key`` with at least ``needed`` seconds left.
-
-    ``@ratelimit`` staggers each key's windows: the offset comes from group and key.
-    """
-    offset = window_offset(group, key, period)
-    left = period - (time.time() - offset) % period
-    if left < needed:
-        time.sleep(left + 0.05)
-
-
 def counts(servers: list[DemoServer], **params: str) -> list[int]:
     return [int(s.state(**params)["count"]) for s in servers]
 
@@ -130,13 +108,3 @@ def proc(server: DemoServer) -> dict[str, Any]:
     status, body = server.get("/faults/proc/")
     assert status == 200, body
     return body
-
-
-def fresh_key(group: str, period: int, needed: float, prefix: str = "k") -> str:
-    """A new key whose current window has at least ``needed`` seconds left (no waiting)."""
-    for n in range(10_000):
-        key = f"{prefix}-{os.getpid()}-{time.time_ns()}-{n}"
-        offset = window_offset(group, key, period)
-        if period - (time.time() - offset) % period >= needed:
-            return key
-    raise AssertionError("no key with a fresh window")  # pragma: no cover

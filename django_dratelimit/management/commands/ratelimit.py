@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import time
@@ -12,35 +11,25 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...conf import conf
-from ...local.algorithms import window_start
-from ...local.store import BucketKey
 from ...ops import client
-from ...ops.render import duration as _duration
-from ...ops.render import plural as _plural
-from ...rates import (
-    InvalidRate,
-    Rate,
-    describe,
-    format_period,
-    is_dynamic,
-    load_rate_callable,
-    parse_rate,
-    parse_rate_string,
+from ...ops.render import explain, plural
+from ...ops.report import (
+    BUCKET_HEADERS,
+    NODE_HEADERS,
+    bucket_row,
+    effective_intervals,
+    footer,
+    inspect_cluster,
+    node_row,
+    nodes_json,
+    sorted_infos,
+    summary,
 )
-from ...rules import get_rules
-from ...strict.counter import (
-    StrictCounter,
-    StrictUnavailable,
-    StrictUnsupported,
-    get_strict_counter,
-)
-from ...sync.answers import MAX_INSPECT_BUCKETS
-from ...sync.protocol import MalformedMessage
+from ...ops.strict_cache import reset_strict
+from ...ops.table import WIDTH, table
+from ...rates import InvalidRate, is_dynamic, load_rate_callable, parse_rate_string
+from ...sync.protocol import MAX_INSPECT_BUCKETS, MalformedMessage
 
-WIDTH = 80
-GAP = "  "
-ELLIPSIS = "…"
 DEFAULT_LIMIT = 50
 
 
@@ -124,50 +113,23 @@ class Command(BaseCommand):
         group, key = options["group"], options["key"]
         if group == "" or key == "":
             raise CommandError("--group and --key cannot be empty")
-        strict, strict_note = strict_counters(group, key)
-        try:
-            gathered = client.inspect(group, key, limit, _timeout(options))
-        except client.ClusterError as exc:
-            if not strict:
-                raise
-            gathered = client.Gathered(
-                answers=[],
-                alias=str(conf.CHANNEL_LAYER),
-                group=conf.GROUP,
-                timeout=_timeout(options),
-            )
-            strict_note = f"{exc}; showing the strict counters only"
-        now = time.time()
-        views = client.merge_buckets(gathered.answers, now) + strict_views(strict, now)
-        views.sort(key=lambda view: -view.total)
-        truncated = gathered.truncated or len(views) > limit
-        views = views[:limit]
+        report = inspect_cluster(group, key, limit, _timeout(options))
+        gathered, views, now = report.gathered, report.views, report.now
         if options["json"]:
             self._json(
                 {
-                    **_summary(gathered, now),
-                    "truncated": truncated,
+                    **summary(gathered, now),
+                    "truncated": report.truncated,
                     "buckets": [view.as_dict(now) for view in views],
-                    "nodes": _nodes_json(gathered),
-                    "strict_note": strict_note,
+                    "nodes": nodes_json(gathered),
+                    "strict_note": report.strict_note,
                 }
             )
             return
         if views:
-            rows = [
-                [
-                    view.group,
-                    view.key,
-                    f"{_clock(view.window_start, view.period)} {format_period(view.period)}",
-                    _duration(view.seconds_left(now)),
-                    str(view.total) + ("*" if view.budget else ""),
-                    "?" if view.limit is None else str(view.limit),
-                    "strict cache" if view.strict else f"{view.low}..{view.total}",
-                ]
-                for view in views
-            ]
+            rows = [bucket_row(view, now) for view in views]
             self._table(
-                ["GROUP", "KEY", "WINDOW (UTC)", "LEFT", "COUNT", "LIMIT", "NODES MIN..MAX"],
+                BUCKET_HEADERS,
                 rows,
                 right={3, 4, 5, 6},
                 # Long dotted-path groups give way first, keeping their tail (the view's name).
@@ -183,10 +145,10 @@ class Command(BaseCommand):
         else:
             self.stdout.write("No live counters match.")
         if gathered.answers:
-            self.stdout.write(_footer(gathered))
-        if strict_note:
-            self.stdout.write(strict_note)
-        if truncated:
+            self.stdout.write(footer(gathered))
+        if report.strict_note:
+            self.stdout.write(report.strict_note)
+        if report.truncated:
             self.stdout.write(f"Showing the {limit} hottest buckets; raise --limit to see more.")
 
     # -- nodes -------------------------------------------------------------------------
@@ -195,42 +157,22 @@ class Command(BaseCommand):
         gathered = client.nodes(_timeout(options))
         now = time.time()
         if options["json"]:
-            self._json({**_summary(gathered, now), "nodes": _nodes_json(gathered)})
+            self._json({**summary(gathered, now), "nodes": nodes_json(gathered)})
             return
-        infos = _sorted_infos(gathered)
+        infos = sorted_infos(gathered)
         layers = {info.layer for info in infos}
-        headers = ["NODE", "HOST:PID", "UPTIME", "BUCKETS", "SENT", "RECV", "DROP"]
-        headers += ["LAST SEND", "ERRORS"]
-        if len(layers) > 1:
-            headers.append("LAYER")  # a mixed cluster is worth a column
-        rows = []
-        for info in infos:
-            age = info.last_send_age
-            row = [
-                info.node[:8],
-                f"{info.host}:{info.pid}",
-                _duration(info.uptime),
-                str(info.buckets),
-                str(info.messages_sent),
-                str(info.messages_received),
-                str(info.dropped),
-                "never" if age is None else f"{_duration(age)} ago",
-                str(info.broker_errors),
-            ]
-            if len(layers) > 1:
-                row.append(_short_layer(info.layer))
-            rows.append(row)
+        mixed = len(layers) > 1  # a mixed cluster is worth a column
+        headers = NODE_HEADERS + (["LAYER"] if mixed else [])
+        rows = [node_row(info, with_layer=mixed) for info in infos]
         self._table(
             headers, rows, right={2, 3, 4, 5, 6, 7, 8}, shrink=[(1, 12), (9, 8)], keep_tail={1}
         )
         self.stdout.write("")
-        self.stdout.write(_footer(gathered))
+        self.stdout.write(footer(gathered))
         if len(layers) == 1:
             self.stdout.write(f"Channel layer: {layers.pop()}.")
-        intervals = sorted({i.effective_interval for i in infos} - {None})  # type: ignore[type-var]
-        if intervals:
-            low, high = f"{intervals[0]:g} s", f"{intervals[-1]:g} s"
-            shown = low if low == high else f"{low} to {high}"
+        shown = effective_intervals(infos)
+        if shown:
             self.stdout.write(f"Effective sync interval: {shown} (stretched for the peers).")
 
     # -- reset -------------------------------------------------------------------------
@@ -248,7 +190,7 @@ class Command(BaseCommand):
             # A site with strict rules only runs no sync thread: nobody to ask.
             self.stdout.write(
                 f"Reset {group!r}{'' if key is None else f' key {key!r}'}: "
-                f"{_plural(strict_removed, 'strict counter')} deleted; no running process "
+                f"{plural(strict_removed, 'strict counter')} deleted; no running process "
                 "answered for the local counters."
             )
             return
@@ -256,7 +198,7 @@ class Command(BaseCommand):
             now = time.time()
             self._json(
                 {
-                    **_summary(result.gathered, now),
+                    **summary(result.gathered, now),
                     "reset": {"group": group, "key": key, "generation": result.generation},
                     "confirmed": result.confirmed,
                     "removed": result.removed,
@@ -266,18 +208,18 @@ class Command(BaseCommand):
             )
             return
         what = f"group {group!r}" if key is None else f"key {key!r} in group {group!r}"
-        confirmed = _plural(result.confirmed, "node")
+        confirmed = plural(result.confirmed, "node")
         if result.removed:
-            removed = f"{_plural(result.removed, 'bucket')} removed"
+            removed = f"{plural(result.removed, 'bucket')} removed"
         else:
             removed = "no matching counters"
         self.stdout.write(f"Reset {what}: {confirmed} confirmed, {removed}.")
         if strict_removed:
-            self.stdout.write(f"{_plural(strict_removed, 'strict counter')} deleted too.")
+            self.stdout.write(f"{plural(strict_removed, 'strict counter')} deleted too.")
         elif strict_note:
             self.stdout.write(strict_note)
         if result.gathered.ignored:
-            self.stdout.write(f"{_plural(result.gathered.ignored, 'reply')} ignored (malformed).")
+            self.stdout.write(f"{plural(result.gathered.ignored, 'reply')} ignored (malformed).")
 
     # -- check -------------------------------------------------------------------------
 
@@ -328,182 +270,8 @@ class Command(BaseCommand):
             self.stdout.write(line)
 
 
-def explain(rate: Rate, now: float) -> list[str]:
-    """What a rate means, for ``check``: limit, period, and the window we are in."""
-    start = window_start(now, rate.period)
-    end = start + rate.period
-    if rate.limit == 0:
-        limit = "0: every request is limited"
-    else:
-        limit = f"{rate.limit} {'request' if rate.limit == 1 else 'requests'} per window"
-    period = _plural(rate.period, "second")
-    whole = format_period(rate.period)
-    return [
-        f"{rate}: {describe(rate)}",
-        f"  limit    {limit}",
-        f"  period   {period}",
-        f"  windows  fixed, each starts at a multiple of {whole} since the Unix epoch (UTC)",
-        f"  now      {_stamp(start)} to {_stamp(end)} UTC, {_duration(end - now)} left",
-    ]
-
-
-def table(
-    headers: list[str],
-    rows: list[list[str]],
-    right: set[int],
-    shrink: list[tuple[int, int]],
-    keep_tail: frozenset[int] | set[int] = frozenset(),
-    width: int = WIDTH,
-) -> list[str]:
-    """Plain-text columns within ``width``.
-
-    ``shrink`` lists (column, narrowest) steps, taken in order until the table
-    fits; a cut cell ends (or, for ``keep_tail`` columns, starts) with an ellipsis.
-    """
-    # Keys come from requests: a newline or escape sequence must not break the table.
-    rows = [[_printable(c) for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    over = sum(widths) + len(GAP) * (len(widths) - 1) - width
-    for column, narrowest in shrink:
-        if over <= 0:
-            break
-        if column >= len(widths):
-            continue
-        spare = widths[column] - max(len(headers[column]), narrowest)
-        cut = min(max(spare, 0), over)
-        widths[column] -= cut
-        over -= cut
-
-    def cell(text: str, column: int) -> str:
-        size = widths[column]
-        if len(text) > size:
-            text = (
-                ELLIPSIS + text[-(size - 1) :]
-                if column in keep_tail
-                else text[: size - 1] + ELLIPSIS
-            )
-        return text.rjust(size) if column in right else text.ljust(size)
-
-    lines = [GAP.join(cell(h, i) for i, h in enumerate(headers)).rstrip()]
-    lines += [GAP.join(cell(c, i) for i, c in enumerate(row)).rstrip() for row in rows]
-    return lines
-
-
-def _printable(text: str) -> str:
-    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
-
-
 def _timeout(options: dict[str, Any]) -> float:
     try:
         return client.check_timeout(float(options["timeout"]))
     except ValueError as exc:
         raise CommandError(f"--timeout: {exc}") from exc
-
-
-def _summary(gathered: client.Gathered, now: float) -> dict[str, Any]:
-    return {
-        "sync_group": gathered.group,
-        "layer_alias": gathered.alias,
-        "answered": len(gathered.answers),
-        "ignored_replies": gathered.ignored,
-        "timeout": gathered.timeout,
-        "now": now,
-    }
-
-
-def _sorted_infos(gathered: client.Gathered) -> list[client.NodeInfo]:
-    return sorted((a.info for a in gathered.answers), key=lambda i: (i.host, i.pid, i.node))
-
-
-def _nodes_json(gathered: client.Gathered) -> list[dict[str, Any]]:
-    return [info.as_dict() for info in _sorted_infos(gathered)]
-
-
-def _footer(gathered: client.Gathered) -> str:
-    text = f"{_plural(len(gathered.answers), 'node')} answered within {gathered.timeout:g} s"
-    text += f" (sync group {gathered.group!r}"
-    if gathered.ignored:
-        text += f"; {_plural(gathered.ignored, 'reply')} ignored"
-    return text + ")."
-
-
-def _utc(timestamp: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-
-
-def _clock(start: int, period: int) -> str:
-    # A window of a day or more starts at midnight: the date says more than the time.
-    return _utc(start).strftime("%m-%d" if period >= 86400 else "%H:%M:%S")
-
-
-def _stamp(timestamp: float) -> str:
-    return _utc(timestamp).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _short_layer(backend: str) -> str:
-    return backend.rsplit(".", 1)[-1].removesuffix("ChannelLayer") or backend
-
-
-# -- strict counters: they live in the strict cache, which the command reads itself ----
-
-
-def _strict_counter() -> tuple[StrictCounter | None, str | None]:
-    """The strict counter, when the strict cache is one whose keys can be listed."""
-    try:
-        counter = get_strict_counter()
-        if not counter.can_enumerate:
-            return None, None  # LocMem and friends: strict mode is not in use there
-    except Exception as exc:  # no such alias, or its backend does not import
-        return None, f"strict cache not read: {exc}"
-    return counter, None
-
-
-def strict_counters(
-    group: str | None, key: str | None
-) -> tuple[list[tuple[BucketKey, int]], str | None]:
-    counter, note = _strict_counter()
-    if counter is None:
-        return [], note
-    try:
-        return counter.live(group, key), None
-    except (StrictUnavailable, StrictUnsupported) as exc:
-        return [], f"strict cache not read: {exc}"
-
-
-def strict_views(counters: list[tuple[BucketKey, int]], now: float) -> list[client.BucketView]:
-    """Strict counters as rows of the inspect table (exact: no per-node disagreement)."""
-    limits = {
-        (rule.name, rate.period): rate.limit
-        for rule in get_rules()
-        if not is_dynamic(rule.rate)
-        for rate in (parse_rate(rule.rate) or ())
-    }
-    views = []
-    for (group, key, period, start), total in counters:
-        if start + period <= now:
-            continue  # kept one more window for sliding windows; not live
-        views.append(
-            client.BucketView(
-                group=group,
-                key=key,
-                period=period,
-                window_start=start,
-                total=total,
-                low=total,
-                per_node={},
-                counts={},
-                limit=limits.get((group, period)),
-                strict=True,
-            )
-        )
-    return views
-
-
-def reset_strict(group: str, key: str | None) -> tuple[int, str | None]:
-    counter, note = _strict_counter()
-    if counter is None:
-        return 0, note
-    try:
-        return counter.reset(group, key), None
-    except (StrictUnavailable, StrictUnsupported) as exc:
-        return 0, f"strict counters not reset: {exc}"

@@ -15,11 +15,11 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
-from .conf import IGNORED_LEGACY, LEGACY, conf, ratelimit_installed
-from .costs import InvalidCost, compile_cost
-from .decorators import NO_KEY, Declaration, declarations
-from .keys import InvalidKey, compile_key
-from .rates import InvalidRate, is_dynamic, load_rate_callable
+from ..conf import IGNORED_LEGACY, LEGACY, conf, ratelimit_installed
+from ..costs import InvalidCost, compile_cost
+from ..decorators import NO_KEY, Declaration, declarations
+from ..keys import InvalidKey, compile_key
+from ..rates import InvalidRate, is_dynamic, load_rate_callable
 
 _HEADER_META_RE = re.compile(r"^HTTP_[A-Z0-9_]+$")
 # Strict-mode settings: what django-ratelimit's cache did, only strict limits do here.

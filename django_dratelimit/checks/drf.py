@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from .rates import InvalidRate, parse_rate_string
+from ..rates import InvalidRate, parse_rate_string
 
 DRF_MODULE = "django_dratelimit.drf"
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from django.http import HttpRequest
 
 UNITS: dict[str, int] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+LARGEST_UNIT_FIRST = sorted(UNITS.items(), key=lambda item: -item[1])
 UNIT_NAMES: dict[str, str] = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 # The words DRF's rates use ("100/day", "5/min"): an exact list, not DRF's
 # first-letter reading, so that a typo such as "5/mon" is an error, not minutes.
@@ -51,11 +52,8 @@ class Rate:
     period: int
 
     def __str__(self) -> str:
-        for unit, seconds in sorted(UNITS.items(), key=lambda item: -item[1]):
-            if self.period % seconds == 0:
-                multiple = self.period // seconds
-                return f"{self.limit}/{multiple if multiple != 1 else ''}{unit}"
-        return f"{self.limit}/{self.period}s"  # pragma: no cover - every int divides by 1
+        multiple, unit = split_period(self.period)
+        return f"{self.limit}/{multiple if multiple != 1 else ''}{unit}"
 
 
 RateSpec: TypeAlias = "str | tuple[int, int] | Callable[[str, HttpRequest], Any] | None"
@@ -192,9 +190,20 @@ def resolve_rate(value: object, group: str, request: HttpRequest | None) -> tupl
 
 def describe(rate: Rate) -> str:
     """Human text for a rate, e.g. ``5 per 1 minute``."""
-    for unit, seconds in sorted(UNITS.items(), key=lambda item: -item[1]):
-        if rate.period % seconds == 0:
-            multiple = rate.period // seconds
-            name = UNIT_NAMES[unit] + ("s" if multiple != 1 else "")
-            return f"{rate.limit} per {multiple} {name}"
-    return f"{rate.limit} per {rate.period} seconds"  # pragma: no cover
+    multiple, unit = split_period(rate.period)
+    name = UNIT_NAMES[unit] + ("s" if multiple != 1 else "")
+    return f"{rate.limit} per {multiple} {name}"
+
+
+def split_period(seconds: int) -> tuple[int, str]:
+    """The largest unit dividing ``seconds``: ``3600`` -> ``(1, "h")``, ``90`` -> ``(90, "s")``."""
+    for unit, size in LARGEST_UNIT_FIRST:
+        if seconds % size == 0:
+            return seconds // size, unit
+    return seconds, "s"  # pragma: no cover - every int divides by 1
+
+
+def format_period(seconds: int) -> str:
+    """A period as the command and the admin show it: ``60`` -> ``1m``, ``90`` -> ``90s``."""
+    multiple, unit = split_period(seconds)
+    return f"{multiple}{unit}"

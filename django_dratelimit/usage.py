@@ -101,21 +101,6 @@ class Usage(_UsageFields):
             f"time_left={self.time_left:.3f})"
         )
 
-    def with_name(self, name: str) -> Usage:
-        return new_usage(
-            self.group,
-            self.key,
-            self.count,
-            self.limit,
-            self.period,
-            self.should_limit,
-            self.time_left,
-            self.reset_at,
-            self.algorithm,
-            name,
-            self.others,
-        )
-
 
 Mapping.register(Usage)
 _new = tuple.__new__

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django_dratelimit.limiter import Limiter
-from django_dratelimit.local.scopes import method_scope, window_offset, window_start
+from django_dratelimit.local.algorithms import window_start
+from django_dratelimit.local.scopes import method_scope, window_offset
 from django_dratelimit.rates import parse_rate
 
 

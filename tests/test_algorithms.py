@@ -16,7 +16,6 @@ from django_dratelimit.local.algorithms import (
     SLIDING_WINDOW,
     Decision,
     fixed_window,
-    sliding_weight,
     sliding_window,
     window_start,
 )
@@ -173,13 +172,6 @@ def test_fixed_window_matches_the_reference(
 
 
 # -- sliding window: examples -------------------------------------------------------
-
-
-def test_sliding_weight() -> None:
-    assert sliding_weight(float(START), 60) == 1.0
-    assert sliding_weight(START + 15.0, 60) == 0.75
-    assert sliding_weight(START + 30.0, 60) == 0.5
-    assert sliding_weight(START + 60.0, 60) == 1.0
 
 
 def test_sliding_window_at_elapsed_zero_counts_all_of_the_previous_window() -> None:

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from django_dratelimit.local.chunks import chunks
 from django_dratelimit.local.store import BucketKey, CounterStore, Entry, ResetState
 from django_dratelimit.sync import protocol
 
@@ -323,9 +324,9 @@ def test_merged_counts_are_the_max_per_origin_of_the_newest_generation(batch: Ba
 def test_a_message_split_into_chunks_merges_like_the_whole(batch: Batch) -> None:
     whole = merged(batch)
     store = CounterStore(origin="me")
-    for chunk in protocol.chunks(batch, 3):
+    for chunk in chunks(batch, 3):
         for origin, e in chunk:
             wire = protocol.decode_entries(protocol.encode_entries([e]), NOW)
             store.merge(origin, wire, NOW)
     assert snapshot(store, NOW) == whole
-    assert max(1, math.ceil(len(batch) / 3)) == len(list(protocol.chunks(batch, 3)))
+    assert max(1, math.ceil(len(batch) / 3)) == len(list(chunks(batch, 3)))

@@ -304,15 +304,6 @@ def test_too_many_resets() -> None:
         decode_resets([["login", "k", 5]] * (MAX_RESETS + 1), NOW)
 
 
-@pytest.mark.parametrize(
-    ("size", "expected"),
-    [(2, [[1, 2], [3, 4], [5]]), (5, [[1, 2, 3, 4, 5]]), (9, [[1, 2, 3, 4, 5]])],
-)
-def test_chunks(size: int, expected: list[list[int]]) -> None:
-    assert list(protocol.chunks([1, 2, 3, 4, 5], size)) == expected
-    assert list(protocol.chunks([], size)) == [[]]
-
-
 def test_a_rejection_is_a_value_error_with_a_reason() -> None:
     assert issubclass(Rejected, ValueError)
     assert MalformedMessage("x").reason == "malformed"

@@ -14,13 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from django_dratelimit.limiter import Limiter
-from django_dratelimit.local.algorithms import SLIDING_WINDOW
+from django_dratelimit.local.algorithms import SLIDING_WINDOW, window_start
 from django_dratelimit.local.scopes import (
     base_key,
     method_scope,
     scoped_key,
     window_offset,
-    window_start,
 )
 from django_dratelimit.local.store import CounterStore, Entry
 from django_dratelimit.rates import Rate

@@ -11,9 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.core.cache import caches
-from django.core.cache.backends.base import BaseCache
-from django.core.cache.backends.locmem import LocMemCache
 from django.test import override_settings
 
 from django_dratelimit import logutil
@@ -21,34 +18,12 @@ from django_dratelimit.limiter import Limiter
 from django_dratelimit.local.algorithms import FIXED_WINDOW, SLIDING_WINDOW
 from django_dratelimit.local.store import CounterStore
 from django_dratelimit.rates import parse_rate_string
-from django_dratelimit.strict import counter as strict
-from django_dratelimit.strict.checks import check_strict_algorithm, check_strict_cache
-from django_dratelimit.strict.counter import (
-    EXPIRY_GRACE,
-    MAX_COMPONENT,
-    StrictCounter,
-    StrictUnavailable,
-    StrictUnsupported,
-    cache_key,
-    get_strict_counter,
-    parse_cache_key,
-)
+from django_dratelimit.strict.backends import CHUNK, EXPIRY_GRACE, RedisBackend
+from django_dratelimit.strict.cache_keys import MAX_COMPONENT, cache_key, parse_cache_key
+from django_dratelimit.strict.counter import StrictCounter, StrictUnavailable, StrictUnsupported
 from tests.cluster import LOOPBACK, RedisServer, free_port
 from tests.conftest import FakeClock
-
-DJANGO_REDIS = "django_redis.cache.RedisCache"
-DJANGO_BUILTIN = "django.core.cache.backends.redis.RedisCache"
-START = 1_699_999_980  # a minute boundary
-BUCKET = ("login", "203.0.113.7", 60, START)
-
-
-def redis_cache(backend: str, url: str, timeout: float = 0.2, **extra: Any) -> dict[str, Any]:
-    """The CACHES entry README recommends for strict mode: short socket timeouts."""
-    if backend == DJANGO_REDIS:
-        options = {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout}
-    else:
-        options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
-    return {"BACKEND": backend, "LOCATION": url, "OPTIONS": options, **extra}
+from tests.strict_caches import BUCKET, DJANGO_BUILTIN, DJANGO_REDIS, START, redis_cache
 
 
 @pytest.fixture(autouse=True)
@@ -74,9 +49,13 @@ def ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 def raw_client(counter: StrictCounter) -> Any:
     counter.total(BUCKET)  # connects
-    backend = counter._backend
-    assert isinstance(backend, strict._RedisBackend)
-    return backend.client
+    return redis_backend(counter).client
+
+
+def redis_backend(counter: StrictCounter) -> RedisBackend:
+    backend = counter.backend
+    assert isinstance(backend, RedisBackend)
+    return backend
 
 
 # -- counting ------------------------------------------------------------------------------
@@ -87,14 +66,14 @@ def test_hits_add_up_and_the_first_one_sets_the_expiry(counter: StrictCounter) -
     assert counter.hit(BUCKET, 2, 10.0) == 5
     assert counter.total(BUCKET) == 5
 
-    ttl = raw_client(counter).pttl(counter._backend.key(BUCKET))  # type: ignore[union-attr]
+    ttl = raw_client(counter).pttl(redis_backend(counter).key(BUCKET))
     # Set by the first hit (100 s), not moved by the second (10 s).
     assert 10_000 + EXPIRY_GRACE * 1000 < ttl <= (100 + EXPIRY_GRACE) * 1000
 
 
 def test_a_counter_without_expiry_gets_one(counter: StrictCounter) -> None:
     client = raw_client(counter)
-    key = counter._backend.key(BUCKET)  # type: ignore[union-attr]
+    key = redis_backend(counter).key(BUCKET)
     client.set(key, 7)  # e.g. left by another tool with no TTL
 
     assert counter.hit(BUCKET, 1, 30.0) == 8
@@ -108,7 +87,7 @@ def test_total_reads_without_creating(counter: StrictCounter) -> None:
     assert counter.live() == []
 
 
-def test_hit_and_previous_is_one_round_trip(counter: StrictCounter) -> None:
+def test_a_hit_and_the_previous_window_are_one_round_trip(counter: StrictCounter) -> None:
     previous = (*BUCKET[:3], START - 60)
     counter.hit(previous, 4, 60.0)
     counter.hit(BUCKET, 1, 60.0)  # the script is loaded on the server now
@@ -122,7 +101,7 @@ def test_hit_and_previous_is_one_round_trip(counter: StrictCounter) -> None:
 
     client.execute_command = spy
     try:
-        assert counter.hit_and_previous(BUCKET, previous, 2, 60.0) == (3, 4)
+        assert counter.hit_many([BUCKET], 2, [60.0], [previous]) == ([3], [4])
     finally:
         del client.execute_command
     assert [call[0] for call in calls] == ["EVALSHA"]
@@ -249,7 +228,7 @@ def test_sliding_counters_outlive_the_next_window(counter: StrictCounter) -> Non
     rates = parse_rate_string("5/m")
     counter.check("g", "k", rates, SLIDING_WINDOW, 1, START + 10.0)
 
-    ttl = raw_client(counter).pttl(counter._backend.key(("g", "k", 60, START)))  # type: ignore[union-attr]
+    ttl = raw_client(counter).pttl(redis_backend(counter).key(("g", "k", 60, START)))
     assert 100_000 < ttl <= (110 + EXPIRY_GRACE) * 1000
 
 
@@ -280,10 +259,10 @@ def test_reset_a_key_then_a_group(counter: StrictCounter) -> None:
 
 
 def test_reset_deletes_in_batches(counter: StrictCounter) -> None:
-    for index in range(strict._CHUNK + 5):
+    for index in range(CHUNK + 5):
         counter.hit(("g", f"k{index}", 60, START), 1, 60.0)
 
-    assert counter.reset("g") == strict._CHUNK + 5
+    assert counter.reset("g") == CHUNK + 5
     assert counter.live() == []
 
 
@@ -312,7 +291,7 @@ def test_live_filters_by_group_and_key(counter: StrictCounter) -> None:
 def test_live_skips_foreign_keys(counter: StrictCounter) -> None:
     counter.hit(BUCKET, 1, 60.0)
     client = raw_client(counter)
-    prefix = counter._backend.pattern("dratelimit")  # type: ignore[union-attr]
+    prefix = redis_backend(counter).pattern("dratelimit")
     client.set(f"{prefix}:not:ours:x:y", 1)
 
     assert counter.live() == [(BUCKET, 1)]
@@ -380,7 +359,7 @@ def test_redis_stopped_raises_quickly_and_logs_once(
 
         for call in (
             lambda: counter.hit(BUCKET, 1, 60.0),
-            lambda: counter.hit_and_previous(BUCKET, BUCKET, 1, 60.0),
+            lambda: counter.hit_many([BUCKET], 1, [60.0], [BUCKET]),
             lambda: counter.total(BUCKET),
             lambda: counter.live(),
             lambda: counter.reset("login"),
@@ -429,219 +408,3 @@ def test_a_missing_alias_is_unavailable_not_a_crash(caplog: pytest.LogCaptureFix
     with pytest.raises(StrictUnavailable):
         StrictCounter("nowhere").kind  # noqa: B018
     assert "'nowhere' is unavailable" in ours(caplog)[-1].getMessage()
-
-
-# -- other backends: incr() and add() --------------------------------------------------------
-
-
-@pytest.fixture
-def locmem() -> Iterator[StrictCounter]:
-    config = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "strict"}
-    with override_settings(CACHES={"default": config}):
-        caches["default"].clear()
-        yield StrictCounter()
-
-
-def test_the_cache_api_counts_and_expires(locmem: StrictCounter) -> None:
-    assert locmem.kind == strict.NOT_SHARED
-    assert not locmem.can_enumerate
-    assert locmem.hit(BUCKET, 2, 0.5) == 2
-    assert locmem.hit_and_previous(BUCKET, ("login", "x", 60, START), 3, 60.0) == (5, 0)
-    assert locmem.totals([BUCKET, ("login", "y", 60, START)]) == [5, 0]
-    cache = caches["default"]
-    assert isinstance(cache, LocMemCache)
-    # add() set the expiry: now + 0.5 s + the grace, rounded up to whole seconds.
-    expiry = cache._expire_info[cache.make_key(cache_key(BUCKET))]  # type: ignore[attr-defined]
-    assert time.time() + 1 < expiry <= time.time() + 2
-
-
-def test_the_cache_api_usages_are_the_local_modes(locmem: StrictCounter) -> None:
-    clock = FakeClock(START + 10.0)
-    local = Limiter(CounterStore(max_keys=1000), clock=clock, sync=False)
-    rates = parse_rate_string("3/10s;5/m")
-    for _ in range(8):
-        clock.advance(3)
-        expected = local.check("api", "k", rates, SLIDING_WINDOW, 1)
-        assert locmem.check("api", "k", rates, SLIDING_WINDOW, 1, clock()) == expected
-
-
-def test_the_cache_api_resets_keys_with_their_periods(locmem: StrictCounter) -> None:
-    now = START + 30.0
-    for bucket in [
-        ("g", "k", 60, START),
-        ("g", "k", 60, START - 60),
-        ("g", "k", 3600, START - START % 3600),
-        ("g", "other", 60, START),
-    ]:
-        locmem.hit(bucket, 1, 60.0)
-
-    assert locmem.live() == []
-    with pytest.raises(StrictUnsupported, match="whole group"):
-        locmem.reset("g")
-    with pytest.raises(StrictUnsupported, match="periods"):
-        locmem.reset("g", "k")
-    assert locmem.reset("g", "k", periods=[60, 3600], now=now) == 3
-    assert locmem.totals([("g", "k", 60, START), ("g", "other", 60, START)]) == [0, 1]
-    assert locmem.reset("g", "other", periods=[60]) == 0  # now: long after START
-
-
-class RacyCache(LocMemCache):
-    """incr() finds nothing, then add() loses to another process: the race the loop handles."""
-
-    misses = 0
-
-    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
-        if RacyCache.misses:
-            RacyCache.misses -= 1
-            raise ValueError("gone")
-        return super().incr(key, delta, version)
-
-    def add(self, key: Any, value: Any, timeout: Any = None, version: int | None = None) -> bool:
-        super().add(key, value, timeout, version)
-        return False
-
-
-def test_the_cache_api_retries_a_lost_race() -> None:
-    config = {"default": {"BACKEND": "tests.test_strict.RacyCache", "LOCATION": "racy"}}
-    with override_settings(CACHES=config):
-        caches["default"].clear()
-        counter = StrictCounter()
-        RacyCache.misses = 1
-        assert counter.hit(BUCKET, 2, 60.0) == 4  # add() stored 2, then incr() added 2
-        assert counter.kind == strict.NOT_SHARED
-        RacyCache.misses = 3
-        with pytest.raises(StrictUnavailable, match="keeps expiring"):
-            counter.hit(("g", "k", 60, START), 1, 60.0)
-
-
-# -- the process's counter -------------------------------------------------------------------
-
-
-def test_the_process_counter_is_rebuilt_when_settings_change() -> None:
-    first = get_strict_counter()
-    assert get_strict_counter() is first
-    assert get_strict_counter("default") is first
-    with override_settings(DRATELIMIT={"STRICT_CACHE": "other"}):
-        assert get_strict_counter().alias == "other"
-    assert get_strict_counter() is not first
-
-
-# -- checks --------------------------------------------------------------------------------
-
-
-def strict_ids(cache: dict[str, Any] | None, **dratelimit: Any) -> list[str]:
-    caches_setting = {"default": cache} if cache is not None else {}
-    with override_settings(CACHES=caches_setting, DRATELIMIT=dratelimit):
-        return [m.id or "" for m in check_strict_cache(True)]
-
-
-def test_checks_pass_without_strict_rules() -> None:
-    with override_settings(DRATELIMIT={"STRICT_CACHE": "nowhere"}):
-        assert check_strict_cache(False) == []
-
-
-@pytest.mark.parametrize(
-    ("cache", "expected"),
-    [
-        (redis_cache(DJANGO_REDIS, "redis://localhost:6379/0"), []),
-        (redis_cache(DJANGO_BUILTIN, "redis://localhost:6379/0"), []),
-        ({"BACKEND": DJANGO_BUILTIN, "LOCATION": "redis://h/0?socket_timeout=0.2"}, ["W030"]),
-        (
-            {
-                "BACKEND": DJANGO_BUILTIN,
-                "LOCATION": "redis://h/0?socket_timeout=0.2&socket_connect_timeout=0.1",
-            },
-            [],
-        ),
-        (
-            {
-                "BACKEND": DJANGO_REDIS,
-                "LOCATION": [
-                    "redis://h/0?socket_timeout=1&socket_connect_timeout=1",
-                    "redis://r/0",
-                ],
-            },
-            ["W030"],
-        ),
-        ({"BACKEND": DJANGO_REDIS, "LOCATION": "redis://h/0"}, ["W030"]),
-        (
-            {"BACKEND": DJANGO_REDIS, "LOCATION": "redis://h/0", "OPTIONS": {"SOCKET_TIMEOUT": 5}},
-            ["W030"],
-        ),
-        (
-            {
-                "BACKEND": DJANGO_REDIS,
-                "LOCATION": "redis://h/0",
-                "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": "soon", "SOCKET_TIMEOUT": 0.2},
-            },
-            ["W030"],
-        ),
-        (
-            redis_cache(
-                DJANGO_REDIS,
-                "redis://a/0,redis://b/0",
-                OPTIONS={
-                    "CLIENT_CLASS": "django_redis.client.ShardClient",
-                    "SOCKET_CONNECT_TIMEOUT": 0.2,
-                    "SOCKET_TIMEOUT": 0.2,
-                },
-            ),
-            ["E032"],
-        ),
-        (
-            redis_cache(
-                DJANGO_REDIS,
-                "redis://a/0",
-                OPTIONS={"CLIENT_CLASS": "no.such.Client", "SOCKET_CONNECT_TIMEOUT": 0.2},
-            ),
-            ["W030"],
-        ),
-        ({"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache"}, []),
-        ({"BACKEND": "django.core.cache.backends.memcached.PyLibMCCache"}, []),
-        ({"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, ["E031"]),
-        ({"BACKEND": "django.core.cache.backends.dummy.DummyCache"}, ["E031"]),
-        ({"BACKEND": "django.core.cache.backends.filebased.FileBasedCache"}, ["E031"]),
-        ({"BACKEND": "django.core.cache.backends.db.DatabaseCache"}, ["E031"]),
-        ({"BACKEND": "tests.test_strict.RacyCache"}, ["E031"]),
-        ({"BACKEND": "tests.test_strict.ForeignCache"}, ["W031"]),
-        ({"BACKEND": "no.such.Cache"}, ["E033"]),
-        ({}, ["E033"]),
-        (None, ["E030"]),
-    ],
-)
-def test_strict_cache_checks(cache: dict[str, Any] | None, expected: list[str]) -> None:
-    assert strict_ids(cache) == [f"dratelimit.{id}" for id in expected]
-
-
-class ForeignCache(BaseCache):
-    """A backend strict mode does not know."""
-
-
-def test_strict_cache_alias_checks() -> None:
-    ok = redis_cache(DJANGO_REDIS, "redis://h/0")
-    assert strict_ids(ok, STRICT_CACHE="default") == []
-    assert strict_ids(ok, STRICT_CACHE="strict") == ["dratelimit.E030"]
-    assert strict_ids(ok, STRICT_CACHE=None) == ["dratelimit.E030"]
-    with override_settings(CACHES={"default": ok}, DRATELIMIT=[]):  # E001's business
-        assert check_strict_cache(True) == []
-
-
-def test_check_messages_say_what_to_do() -> None:
-    with override_settings(CACHES={"default": {"BACKEND": DJANGO_REDIS, "LOCATION": "redis://h"}}):
-        [warning] = check_strict_cache(True)
-    assert "SOCKET_CONNECT_TIMEOUT" in warning.msg
-    assert '"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2' in (warning.hint or "")
-    with override_settings(
-        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    ):
-        [error] = check_strict_cache(True)
-    assert "LocMemCache, which is local to each process" in error.msg
-    assert "django_redis.cache.RedisCache" in (error.hint or "")
-
-
-def test_strict_rules_must_count_windows() -> None:
-    assert check_strict_algorithm("Rule 'login'", FIXED_WINDOW) == []
-    assert check_strict_algorithm("Rule 'login'", SLIDING_WINDOW) == []
-    [error] = check_strict_algorithm("Rule 'login'", "leaky_bucket")
-    assert error.id == "dratelimit.E034"
-    assert error.msg.startswith("Rule 'login': consistency 'strict' works with fixed_window")

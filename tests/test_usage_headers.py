@@ -108,18 +108,6 @@ def test_retry_after_rounds_up_and_is_at_least_one(time_left: float, retry_after
 def test_policy_is_the_name_or_the_group() -> None:
     assert usage().policy == "login"
     assert usage(name="strict-login").policy == "strict-login"
-    assert usage().with_name("renamed").policy == "renamed"
-
-
-def test_with_name_keeps_everything_else() -> None:
-    inner = usage(limit=100)
-    u = usage(count=6, should_limit=True, algorithm="sliding_window", others=(inner,))
-    renamed = u.with_name("other")
-    assert renamed.name == "other"
-    assert renamed.others == (inner,)
-    fields = [f for f in Usage._fields if f != "name"]
-    assert len(fields) == 10
-    assert [getattr(renamed, f) for f in fields] == [getattr(u, f) for f in fields]
 
 
 def test_equality_and_hashing() -> None:

@@ -29,21 +29,18 @@ class Decision(NamedTuple):
     time_left: float  # seconds until a request would be admitted (limited) or the window resets
 
 
-def window_start(now: float, period: int) -> int:
-    """Start of the epoch-aligned window of ``period`` seconds that contains ``now``."""
-    return int(now // period) * period
+def window_start(now: float, period: int, offset: int = 0) -> int:
+    """Start of the window of ``period`` seconds containing ``now``, shifted by ``offset``.
+
+    Windows are epoch-aligned; a staggered key's are shifted by its offset (see ``scopes``).
+    """
+    return int((now - offset) // period) * period + offset
 
 
 def fixed_window(current: int, limit: int, period: int, now: float) -> Decision:
     """Count the hits in the current window; limited once the count exceeds ``limit``."""
     start = window_start(now, period)
     return Decision(current, current > limit, start + period - now)
-
-
-def sliding_weight(now: float, period: int) -> float:
-    """The share of the previous window that still lies inside the sliding period."""
-    elapsed = now - window_start(now, period)
-    return (period - elapsed) / period
 
 
 def sliding_window(previous: int, current: int, limit: int, period: int, now: float) -> Decision:

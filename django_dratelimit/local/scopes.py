@@ -26,6 +26,8 @@ import re
 import zlib
 from collections.abc import Sequence
 
+from .algorithms import window_start
+
 # What scoped_key() appends; nothing else should end like this.
 _SCOPE_RE = re.compile(r" \[\d+/\d+s(?: [^\[\] ]+)?\]\Z")
 
@@ -60,11 +62,6 @@ def window_offset(group: str, key: str, period: int) -> int:
     """Seconds by which this key's windows are shifted from the epoch, in [0, period)."""
     data = f"{group}\0{key}".encode("utf-8", "surrogatepass")
     return zlib.crc32(data) % period
-
-
-def window_start(now: float, period: int, offset: int = 0) -> int:
-    """Start of the window of ``period`` seconds containing ``now``, shifted by ``offset``."""
-    return int((now - offset) // period) * period + offset
 
 
 def bucket(

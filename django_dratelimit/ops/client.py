@@ -27,7 +27,7 @@ from channels.layers import channel_layers
 from ..conf import conf
 from ..sync import protocol
 from ..sync.keys import signing_keys, sync_groups
-from ..sync.layers import IN_MEMORY, close_layer, is_idle_timeout, layer_config
+from ..sync.layers import close_layer, is_idle_timeout, is_shared, layer_config
 from ..sync.protocol import MalformedMessage
 
 # The answers, their parsing and their merging live beside this module; the
@@ -95,7 +95,7 @@ def layer_alias() -> str:
     config = layer_config(alias)
     if not config:
         raise LocalOnly(_LOCAL_ONLY.format(why=f"no {alias!r} entry in CHANNEL_LAYERS"))
-    if config.get("BACKEND") == IN_MEMORY:
+    if not is_shared(config):
         raise LocalOnly(_LOCAL_ONLY.format(why=f"the InMemoryChannelLayer as {alias!r}"))
     return alias
 

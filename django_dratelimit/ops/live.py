@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..local.scopes import base_key
+from ..rates import format_period
 from . import client
-from .render import duration, period, plural
+from .render import duration, plural
 from .strict_cache import reset_strict, strict_counters, strict_views
 
 logger = logging.getLogger("django_dratelimit")
@@ -50,7 +51,7 @@ class Row:
 
     @property
     def window(self) -> str:
-        return period(self.period)
+        return format_period(self.period)
 
     @property
     def left(self) -> str:

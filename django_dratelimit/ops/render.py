@@ -1,11 +1,14 @@
-"""How counts, periods and durations read, the same in ``manage.py ratelimit`` and the admin."""
+"""How counts and durations read, the same in ``manage.py ratelimit`` and the admin.
+
+Periods read as ``rates.format_period`` has them, like the rates themselves.
+"""
 
 from __future__ import annotations
 
 import datetime
 
 from ..local.algorithms import window_start
-from ..rates import Rate, describe
+from ..rates import Rate, describe, format_period
 
 
 def plural(count: int, word: str) -> str:
@@ -15,14 +18,6 @@ def plural(count: int, word: str) -> str:
     if word.endswith("y"):
         return f"{count} {word[:-1]}ies"
     return f"{count} {word}{'es' if word.endswith('s') else 's'}"
-
-
-def period(seconds: int) -> str:
-    """``60`` -> ``1m``, ``300`` -> ``5m``, ``90`` -> ``90s``."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def duration(seconds: float) -> str:
@@ -70,7 +65,7 @@ def explain(rate: Rate, now: float) -> list[str]:
         f"{rate}: {describe(rate)}",
         f"  limit    {limit}",
         f"  period   {plural(rate.period, 'second')}",
-        f"  windows  fixed, each starts at a multiple of {period(rate.period)} since the Unix "
-        "epoch (UTC)",
+        f"  windows  fixed, each starts at a multiple of {format_period(rate.period)} "
+        "since the Unix epoch (UTC)",
         f"  now      {stamp(start)} to {stamp(end)} UTC, {duration(end - now)} left",
     ]

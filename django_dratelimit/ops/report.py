@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..conf import conf
+from ..rates import format_period
 from . import client
 from .answers import BucketView, ClusterError, Gathered, NodeInfo
-from .render import clock, duration, period, plural, short_layer
+from .render import clock, duration, plural, short_layer
 from .strict_cache import strict_counters, strict_views
 
 BUCKET_HEADERS = ["GROUP", "KEY", "WINDOW (UTC)", "LEFT", "COUNT", "LIMIT", "NODES MIN..MAX"]
@@ -95,7 +96,7 @@ def bucket_row(view: BucketView, now: float) -> list[str]:
     return [
         view.group,
         view.key,
-        f"{clock(view.window_start, view.period)} {period(view.period)}",
+        f"{clock(view.window_start, view.period)} {format_period(view.period)}",
         duration(view.seconds_left(now)),
         str(view.total) + ("*" if view.budget else ""),
         "?" if view.limit is None else str(view.limit),

@@ -11,14 +11,8 @@ from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 from ..conf import DEFAULTS
-from .counter import (
-    DJANGO_BUILTIN_REDIS,
-    DJANGO_REDIS,
-    NOT_SHARED,
-    OTHER,
-    STRICT_ALGORITHMS,
-    backend_kind,
-)
+from .counter import STRICT_ALGORITHMS
+from .kinds import DJANGO_BUILTIN_REDIS, DJANGO_REDIS, NOT_SHARED, OTHER, backend_kind
 
 # The longest a request under a strict rule should wait for an unreachable Redis.
 MAX_TIMEOUT = 1.0

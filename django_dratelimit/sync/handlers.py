@@ -8,11 +8,12 @@ under its reason and logged, at most once a minute per reason.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..local.chunks import chunks
+from ..local.store import Entry
 from ..logutil import log_throttled
 from . import protocol
 from .answers import inspect_answer, reset_answer
@@ -123,13 +124,13 @@ class Handlers:
         entries = protocol.check_entries(payload.get("e"), now)
         resets = protocol.decode_resets(payload.get("r"), now)
         peer = self._heard(sender, payload, now)
-        verdict = self.peers.sequence(peer, seq, now, self.node.catching_up)
+        verdict = self.peers.sequence(peer, seq, now, self.node.join.catching_up)
         if verdict == OLD:
             self.metrics.duplicates += 1
             return
         if verdict == GAP:
             self.metrics.gaps += 1
-            self.node.poke()
+            self.node.rounds.poke()
         if resets:
             self.store.apply_resets(resets)
             self.metrics.resets_applied += len(resets)
@@ -142,16 +143,16 @@ class Handlers:
     def ratelimit_heartbeat(self, sender: str, payload: dict[str, Any], now: float) -> None:
         seq = self._seq(payload)
         peer = self._heard(sender, payload, now)
-        if not self.node.catching_up and self.peers.heartbeat(peer, seq, now):
+        if not self.node.join.catching_up and self.peers.heartbeat(peer, seq, now):
             self.metrics.gaps += 1
-            self.node.poke()
+            self.node.rounds.poke()
 
     def ratelimit_sync_request(self, sender: str, payload: dict[str, Any], now: float) -> None:
         """A process joined (or is back): send it our own counts, to its channel only."""
         self._request_once(payload, now)
         channel = self._reply_channel(payload)
         self._heard(sender, payload, now)
-        self.node.reply(lambda: self._send_own(channel))
+        self.node.outbox.reply(lambda: self._send_own(channel))
 
     def ratelimit_bye(self, sender: str, payload: dict[str, Any], now: float) -> None:
         self.peers.left(sender)
@@ -167,14 +168,12 @@ class Handlers:
         peer = self._heard(sender, payload, now)
         if payload.get("last") is True:
             self.peers.caught_up_to(peer, seq)
-            self.node.join_answers.add(sender)
-            self.node.last_join_answer = asyncio.get_running_loop().time()
-            self.node.late_join_answer()
+            self.node.join.answered(sender)
 
     def ratelimit_pull(self, sender: str, payload: dict[str, Any], now: float) -> None:
         self._request_once(payload, now)
         channel = self._reply_channel(payload)
-        self.node.reply(lambda: self._send_own(channel))
+        self.node.outbox.reply(lambda: self._send_own(channel))
 
     def ratelimit_relay_request(self, sender: str, payload: dict[str, Any], now: float) -> None:
         """A joiner asks for every origin that did not answer it itself, and the resets."""
@@ -184,7 +183,7 @@ class Handlers:
         if not isinstance(exclude, list) or len(exclude) > protocol.MAX_ORIGINS:
             raise protocol.MalformedMessage("exclude must be a list of node ids")
         skip = {protocol.required_text(o, "excluded node") for o in exclude} | {sender}
-        self.node.reply(lambda: self._send_relay(channel, skip))
+        self.node.outbox.reply(lambda: self._send_relay(channel, skip))
 
     def ratelimit_relay(self, sender: str, payload: dict[str, Any], now: float) -> None:
         relay = protocol.decode_relay(payload.get("rl"), now)
@@ -194,20 +193,20 @@ class Handlers:
             self.metrics.merges += self.store.merge(origin, entries, now)
             self.node.rebudget((e[0], e[1], e[2], e[3]) for e in entries)
         if payload.get("last") is True:
-            self.node.relay_received.set()
+            self.node.join.relay_received.set()
 
     def ratelimit_inspect(self, sender: str, payload: dict[str, Any], now: float) -> None:
         self._request_once(payload, now)
         channel = self._reply_channel(payload)
         answer = inspect_answer(self.node, payload)
-        self.node.reply(lambda: self.node._send(channel, protocol.REPLY, answer))
+        self.node.outbox.reply(lambda: self.node.outbox.send(channel, protocol.REPLY, answer))
 
     def ratelimit_reset(self, sender: str, payload: dict[str, Any], now: float) -> None:
         self._request_once(payload, now)
         channel = protocol.text(payload.get("ch"), "ch", optional=True)
         answer = reset_answer(self.node, payload)
         if channel is not None:
-            self.node.reply(lambda: self.node._send(channel, protocol.REPLY, answer))
+            self.node.outbox.reply(lambda: self.node.outbox.send(channel, protocol.REPLY, answer))
 
     def ratelimit_reply(self, sender: str, payload: dict[str, Any], now: float) -> None:
         """Replies are for the management command; a node has nothing to do with them."""
@@ -216,11 +215,11 @@ class Handlers:
 
     async def _send_own(self, channel: str) -> None:
         node = self.node
-        seq = node.seq  # read with the snapshot: it covers every state message up to seq
+        seq = node.outbox.seq  # read with the snapshot: it covers every state message up to seq
         entries = self.store.own_entries(node.clock())
         batches = [
             {"seq": seq, "e": protocol.encode_entries(batch)}
-            for batch in protocol.chunks(entries, node.chunk)
+            for batch in chunks(entries, node.chunk)
         ]
         await self._send_answer(channel, protocol.OWN, batches, self.store.own_resets())
         self.metrics.answers_sent += 1
@@ -230,11 +229,11 @@ class Handlers:
         relay = self.store.relay_entries(node.clock(), exclude)
         flat = [(origin, e) for origin, entries in relay.items() for e in entries]
         batches = []
-        for batch in protocol.chunks(flat, node.chunk):
-            grouped: dict[str, list[Any]] = {}
+        for batch in chunks(flat, node.chunk):
+            grouped: dict[str, list[Entry]] = {}
             for origin, entry in batch:
-                grouped.setdefault(origin, []).append(list(entry))
-            batches.append({"rl": grouped})
+                grouped.setdefault(origin, []).append(entry)
+            batches.append({"rl": protocol.encode_relay(grouped)})
         await self._send_answer(channel, protocol.RELAY, batches, self.store.reset_states())
         self.metrics.relays_sent += 1
 
@@ -248,4 +247,4 @@ class Handlers:
             if index == len(batches) - 1:
                 fields["last"] = True
             size = len(fields.get("e", ())) + sum(len(e) for e in fields.get("rl", {}).values())
-            await self.node._send(channel, kind, fields, buckets=size)
+            await self.node.outbox.send(channel, kind, fields, buckets=size)

@@ -51,3 +51,10 @@ async def close_layer(layer: Any) -> None:
             await asyncio.wait_for(layer.close_pools(), 3)
     except Exception:
         logger.debug("dratelimit: error while closing the channel layer", exc_info=True)
+
+
+def raise_if_cancelling() -> None:
+    """redis-py can turn a cancellation into a connection error; don't swallow it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -74,14 +74,15 @@ class MalformedMessage(Rejected):
 # -- the envelope ----------------------------------------------------------------------
 
 
-def _signed_bytes(kind: str, payload: bytes) -> bytes:
+def signed_bytes(kind: str, payload: bytes) -> bytes:
+    """What the signatures cover: the type, so a body cannot be replayed as another type."""
     return kind.encode() + b"\n" + payload
 
 
 def seal(kind: str, payload: dict[str, Any], keys: Sequence[bytes]) -> dict[str, Any]:
     """The message to put on the layer: ``payload`` as JSON, signed with every key."""
     body = json.dumps(payload, separators=(",", ":")).encode()
-    signed = _signed_bytes(kind, body)
+    signed = signed_bytes(kind, body)
     return {
         "type": kind,
         "v": VERSION,
@@ -104,7 +105,7 @@ def open_message(message: Any, keys: Sequence[bytes], now: float) -> tuple[str, 
         raise Rejected("unsigned", f"unsigned message (format version {version!r})")
     if len(body) > MAX_PAYLOAD or len(signatures) > MAX_SIGNATURES:
         raise MalformedMessage("message too large")
-    signed = _signed_bytes(kind, body)
+    signed = signed_bytes(kind, body)
     expected = [hmac.digest(key, signed, "sha256") for key in keys]
     if not any(
         isinstance(sig, bytes) and hmac.compare_digest(sig, want)
@@ -272,11 +273,3 @@ def decode_resets(raw: Any, now: float) -> list[ResetState]:
             )
         )
     return resets
-
-
-def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    """``items`` in lists of at most ``size`` (one empty list when there are none)."""
-    if not items:
-        yield []
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -253,7 +253,7 @@ def cases(draw: st.DrawFn) -> Case:
         message["p"] = message["p"][: draw(st.integers(0, 2**16)) % len(message["p"])]
         if mutation == "truncated_resigned":
             # The right key, but not JSON any more (a strict prefix of an object).
-            signed = protocol._signed_bytes(kind, message["p"])
+            signed = protocol.signed_bytes(kind, message["p"])
             message["s"] = [hmac.digest(k, signed, "sha256") for k in keys]
     elif mutation == "flipped":
         body = bytearray(message["p"])

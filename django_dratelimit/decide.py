@@ -39,7 +39,7 @@ class Decider:
     clock: Clock
     sync_checked: bool
 
-    def _ensure_sync(self) -> None:
+    def ensure_sync(self) -> None:
         """Start the sync thread if this limiter wants one (the Limiter's)."""
         raise NotImplementedError
 
@@ -64,7 +64,7 @@ class Decider:
         if consistency == STRICT:
             return self._check_strict(group, key, rates, algorithm, cost, name, scope, stagger)
         if not self.sync_checked:
-            self._ensure_sync()
+            self.ensure_sync()
         now = self.clock()
         if algorithm in BUCKET_ALGORITHMS:
             return self._check_buckets(group, key, rates, algorithm, cost, name, now, scope)

@@ -20,10 +20,10 @@ from .conf import conf
 from .costs import compile_cost, resolve_cost
 from .decisions import count as count_decision
 from .keys import KeyFunc, compile_key, resolve_key
-from .limiter import get_limiter
 from .local.algorithms import EVENTUAL, FIXED_WINDOW, SLIDING_WINDOW
 from .local.scopes import DJANGO_RATELIMIT_ALL, method_scope, scoped_key, window_offset
 from .local.scopes import window_start as scoped_window_start
+from .process import get_limiter
 from .rates import Rate, is_dynamic, parse_rate, resolve_rate
 from .usage import Usage
 

@@ -102,9 +102,6 @@ class Limit:
             rate = self._rates[0]
             self._window = (rate, scoped_key("", rate.limit, rate.period, self.scope))
 
-    def applies_to(self, method: str | None) -> bool:
-        return self.methods is None or method in self.methods
-
     def usage(self, request: HttpRequest, count: bool = True) -> Usage | None:
         """The usage on this request, counting the cost if ``count``; None if no limit applies.
 

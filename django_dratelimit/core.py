@@ -6,33 +6,17 @@ windows staggered per key (``scopes``), as django-ratelimit's do.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest
 
-from .choices import validate_choice
-from .conf import conf
-from .decisions import count as count_decision
 from .exceptions import MissingArgument
-from .keys import resolve_key
-from .limiter import get_limiter
-from .local.scopes import DJANGO_RATELIMIT_ALL, method_scope
-from .rates import Rate, parse_rate_string, resolve_rate
-from .usage import Usage, UsageDict
+from .limits import Limit, Method, compiled_limit
+from .usage import UsageDict
 
 ALL = None
 UNSAFE = ("DELETE", "PATCH", "POST", "PUT")
-
-Method = str | Sequence[str] | None
-
-
-def method_applies(method: Method, request_method: str | None) -> bool:
-    if method is ALL or method == DJANGO_RATELIMIT_ALL:
-        return True
-    if isinstance(method, str):
-        return request_method == method.upper()
-    return request_method in {m.upper() for m in method}
 
 
 def default_group(fn: Callable[..., Any]) -> str:
@@ -40,69 +24,26 @@ def default_group(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
-def request_usage(
-    request: HttpRequest,
-    group: str,
-    key: Any,
-    rate: Any,
-    method: Method,
-    cost: int,
-    algorithm: str | None,
-    name: str,
-    consistency: str,
-    scope: str,
-) -> Usage | None:
-    """The usage of a limit on this request, counting ``cost`` hits; None if none applies.
-
-    None means: limiting is disabled, the method does not match, the rate is
-    None, or the key has no value for this request (see ``keys``). The
-    arguments are checked by the caller.
-    """
-    if not conf.ENABLED or not method_applies(method, request.method):
-        return None
-    if rate.__class__ is str and "/" in rate:  # a static rate: skip the dynamic checks
-        rates: tuple[Rate, ...] | None = parse_rate_string(rate)
-    else:
-        rates = resolve_rate(rate, group, request)
-    if rates is None:
-        return None
-    value = resolve_key(key, group, request)
-    if value is None:
-        return None
-    limiter = get_limiter()
-    usage = limiter.check(
-        group,
-        value,
-        rates,
-        algorithm or limiter.algorithm,
-        cost,
-        name,
-        consistency,
-        scope=scope,
-        stagger=conf.STAGGER_WINDOWS,
-    )
-    if cost:  # a peek (cost 0) decides nothing
-        count_decision(name or group, usage.should_limit)
-    return usage
-
-
-def _checked(
+def _limit(
     caller: str,
     group: str | None,
     fn: Callable[..., Any] | None,
     key: Any,
+    rate: Any,
+    method: Method,
+    cost: Any,
     algorithm: str | None,
     consistency: str,
-) -> str:
-    """The group, once the arguments are known to be usable (ImproperlyConfigured if not)."""
+    name: str,
+) -> Limit:
+    """The compiled limit of these arguments (ImproperlyConfigured if they are unusable)."""
     if key is None:
         raise MissingArgument(f"{caller}() needs a key, e.g. key='ip'")
-    validate_choice(algorithm, consistency)
-    if group is not None:
-        return group
-    if fn is None:
-        raise MissingArgument(f"{caller}() needs a group or a fn to name the group after")
-    return default_group(fn)
+    if group is None:
+        if fn is None:
+            raise MissingArgument(f"{caller}() needs a group or a fn to name the group after")
+        group = default_group(fn)
+    return compiled_limit(group, key, rate, method, cost, algorithm, consistency, name)
 
 
 def get_usage(
@@ -121,20 +62,10 @@ def get_usage(
 ) -> UsageDict | None:
     """The usage for this request as a dict (with the Usage's attributes), or None.
 
-    None when no limit applies to the request (see ``request_usage``).
+    None when no limit applies to the request (see ``Limit.usage``).
     """
-    usage = request_usage(
-        request,
-        _checked("get_usage", group, fn, key, algorithm, consistency),
-        key,
-        rate,
-        method,
-        cost if increment else 0,
-        algorithm,
-        name,
-        consistency,
-        method_scope(method),
-    )
+    limit = _limit("get_usage", group, fn, key, rate, method, cost, algorithm, consistency, name)
+    usage = limit.usage(request, increment)
     return None if usage is None else UsageDict(usage)
 
 
@@ -153,18 +84,10 @@ def is_ratelimited(
     consistency: str = "eventual",
 ) -> bool:
     """True when the request is over the limit (and counts it if ``increment``)."""
-    usage = request_usage(
-        request,
-        _checked("is_ratelimited", group, fn, key, algorithm, consistency),
-        key,
-        rate,
-        method,
-        cost if increment else 0,
-        algorithm,
-        name,
-        consistency,
-        method_scope(method),
+    limit = _limit(
+        "is_ratelimited", group, fn, key, rate, method, cost, algorithm, consistency, name
     )
+    usage = limit.usage(request, increment)
     return usage is not None and usage.should_limit
 
 

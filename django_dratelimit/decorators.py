@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 from django.http import HttpRequest
 
 from .choices import validate_choice
-from .core import ALL, UNSAFE, Method, default_group, request_usage
-from .costs import compile_cost, resolve_cost
+from .core import ALL, UNSAFE, default_group
+from .costs import compile_cost
 from .exceptions import MissingArgument, limited_exception
 from .keys import aload_user, compile_key, may_read_user
+from .limits import Limit, Method, is_path
 from .local.algorithms import STRICT
 from .local.scopes import method_scope
 from .rates import is_dynamic, validate_rate
@@ -66,11 +67,6 @@ def record(request: HttpRequest, usage: Usage) -> None:
     request.limited = getattr(request, "limited", False) or usage.should_limit  # type: ignore[attr-defined]
 
 
-def _is_path(spec: object) -> bool:
-    """A dotted path (imported on the first request), not a key type such as ``get:q``."""
-    return isinstance(spec, str) and ":" not in spec and "." in spec
-
-
 def _caller() -> str:
     frame = sys._getframe(2)  # ratelimit()'s caller
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
@@ -93,7 +89,7 @@ def ratelimit(
     Either way ``request.limited`` says whether any limit on the request was
     exceeded.
     """
-    if key is not None and not _is_path(key):
+    if key is not None and not is_path(key):
         compile_key(key)
     if not is_dynamic(rate):
         validate_rate(rate)
@@ -105,29 +101,28 @@ def ratelimit(
     _declarations.add(declaration)
 
     loads_user = may_read_user(key)
-    costs: list[Any] = []  # the compiled cost, once known (a dotted path: on first use)
 
     def decorator(fn: F) -> F:
         name = group if group is not None else default_group(fn)
         register(name, rate, strict=consistency == STRICT, scope=scope)
-
-        def before(request: HttpRequest) -> None:
-            if key is None:
-                raise MissingArgument(NO_KEY)
-            if not costs:
-                costs.append(compile_cost(cost))
-            usage = request_usage(
-                request,
+        # None without a key: raised on the request, as django-ratelimit does.
+        limit = None
+        if key is not None:
+            limit = Limit(
                 name,
                 key,
                 rate,
-                method,
-                resolve_cost(costs[0], name, request),
-                algorithm,
-                "",
-                consistency,
-                scope,
+                method=method,
+                cost=cost,
+                algorithm=algorithm,
+                consistency=consistency,
+                block=block,
             )
+
+        def before(request: HttpRequest) -> None:
+            if limit is None:
+                raise MissingArgument(NO_KEY)
+            usage = limit.usage(request)
             if usage is None:
                 request.limited = getattr(request, "limited", False)  # type: ignore[attr-defined]
                 return

@@ -32,8 +32,8 @@ from .conf import conf
 from .decisions import count as count_decision
 from .decorators import record
 from .keys import normalize
-from .limiter import get_limiter
 from .local.algorithms import EVENTUAL, STRICT
+from .process import get_limiter
 from .rates import Rate, parse_rate, parse_rate_string
 from .registry import register
 from .usage import Usage

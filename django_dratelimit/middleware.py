@@ -14,14 +14,10 @@ from django.http import HttpRequest, HttpResponseBase
 from django.utils.module_loading import import_string
 
 from .conf import conf
-from .costs import resolve_cost
-from .decisions import count as count_decision
 from .decorators import USAGES_ATTR, record
 from .exceptions import Ratelimited
 from .headers import set_usage_headers
-from .keys import aload_user, may_read_user, resolve_key
-from .limiter import get_limiter
-from .rates import resolve_rate
+from .keys import aload_user, may_read_user
 from .rules import Rule, get_rules
 from .usage import Usage
 
@@ -91,27 +87,10 @@ class RateLimitMiddleware:
         """Count the request against every matching rule; a 429 if one blocks it."""
         if not rules:
             return None
-        limiter = get_limiter()
         for rule in rules:
-            rates = resolve_rate(rule.rate, rule.name, request)
-            if rates is None:
+            usage = rule.limit.usage(request)
+            if usage is None:
                 continue
-            key = resolve_key(rule.key, rule.name, request)
-            if key is None:
-                continue
-            cost = resolve_cost(rule.cost, rule.name, request)
-            usage = limiter.check(
-                rule.name,
-                key,
-                rates,
-                rule.algorithm or limiter.algorithm,
-                cost,
-                rule.name,
-                rule.consistency,
-                scope=rule.scope,
-                stagger=conf.STAGGER_WINDOWS,
-            )
-            count_decision(rule.name, usage.should_limit)
             record(request, usage)
             if usage.should_limit and rule.block:
                 # Refused here: later rules must not charge it (a token bucket's

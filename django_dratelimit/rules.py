@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -14,6 +14,7 @@ from .choices import validate_choice
 from .conf import conf
 from .costs import compile_cost
 from .keys import compile_key
+from .limits import Limit
 from .local.algorithms import EVENTUAL, STRICT
 from .local.scopes import method_scope
 from .rates import is_dynamic, parse_rate
@@ -46,6 +47,8 @@ class Rule:
     consistency: str = EVENTUAL
     # Counted like a decorator with these methods (scopes.py), so get_usage() reads it.
     scope: str = ""
+    # The fields above, compiled: what the middleware runs on each matching request.
+    limit: Limit = field(kw_only=True)
 
     def matches(self, path: str, method: str | None) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -63,18 +66,33 @@ def compile_rule(raw: dict[str, Any]) -> Rule:
     if not is_dynamic(raw["rate"]):
         parse_rate(raw["rate"])
     scope = method_scope(sorted(methods)) if methods is not None else ""
-    register(str(raw["name"]), raw["rate"], strict=consistency == STRICT, scope=scope)
+    name = str(raw["name"])
+    register(name, raw["rate"], strict=consistency == STRICT, scope=scope)
+    block = bool(raw.get("block", True))
+    cost = compile_cost(raw.get("cost", 1))
+    limit = Limit(
+        name,
+        raw["key"],
+        raw["rate"],
+        method=methods,
+        cost=cost,
+        algorithm=algorithm,
+        consistency=consistency,
+        block=block,
+        name=name,
+    )
     return Rule(
-        name=str(raw["name"]),
+        name=name,
         path=re.compile(raw["path"]) if raw.get("path") is not None else None,
         methods=frozenset(m.upper() for m in methods) if methods is not None else None,
         key=raw["key"],
         rate=raw["rate"],
         algorithm=algorithm,
-        block=bool(raw.get("block", True)),
-        cost=compile_cost(raw.get("cost", 1)),
+        block=block,
+        cost=cost,
         consistency=consistency,
         scope=scope,
+        limit=limit,
     )
 
 

@@ -533,3 +533,51 @@ def test_decorated_groups_register_their_static_rates() -> None:
     rates = known_rates()
     assert rates["registered-group"] == [[7, 60]]
     assert "dynamic-group" not in rates
+
+
+# -- the cost is resolved last ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "enabled"),
+    [("POST", "ip", True), (None, "header:x-api-key", True), (None, "ip", False)],
+    ids=["method does not match", "no key value", "disabled"],
+)
+def test_a_cost_callable_is_not_called_when_the_limit_does_not_apply(
+    rf: RequestFactory, limiter: Limiter, method: str | None, key: str, enabled: bool
+) -> None:
+    calls: list[str] = []
+
+    def cost(group: str, request: HttpRequest) -> int:
+        calls.append(group)
+        return 2
+
+    @ratelimit(group="cost-last", key=key, rate="5/m", method=method, cost=cost)
+    def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("ok")
+
+    with override_settings(DRATELIMIT={"ENABLED": enabled, "CHANNEL_LAYER": None}):
+        request = rf.get("/")
+        assert view(request).status_code == 200
+        assert request.limited is False  # type: ignore[attr-defined]
+    assert calls == []
+
+
+def test_a_cost_callable_is_called_once_when_the_limit_applies(
+    rf: RequestFactory, limiter: Limiter
+) -> None:
+    calls: list[str] = []
+
+    def cost(group: str, request: HttpRequest) -> int:
+        calls.append(group)
+        return 2
+
+    @ratelimit(group="cost-last", key="ip", rate="5/m", method="GET", cost=cost)
+    def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("ok")
+
+    view(rf.get("/"))
+    assert calls == ["cost-last"]
+    usage = get_usage(rf.get("/"), group="cost-last", key="ip", rate="5/m", method="GET")
+    assert usage is not None
+    assert usage["count"] == 2

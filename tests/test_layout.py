@@ -161,7 +161,7 @@ def test_the_wings_import_only_what_the_house_rules_allow(rule: str) -> None:
 
 def test_the_one_door_from_the_request_path_to_the_sync_is_lazy() -> None:
     source = MODULES["limiter"].read_text()
-    assert "from .sync.thread import start_sync" in source  # inside _ensure_sync()
+    assert "from .sync.thread import start_sync" in source  # inside ensure_sync()
     assert "sync" not in GRAPH["limiter"]
 
 

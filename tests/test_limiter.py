@@ -267,12 +267,12 @@ def bound_to(method: object) -> object:
     return getattr(method, "__self__", None)
 
 
-def test_the_facade_calls_the_limiter_directly_once_built() -> None:
+def test_the_facade_is_the_process_limiter_itself() -> None:
     set_limiter(None)
-    assert not hasattr(limiter.hit, "__self__")  # not built yet: the first call builds it
-    limiter.hit("g", "k", "1/m")
+    limiter.hit("g", "k", "1/m")  # the first call builds its state from settings
     built = get_limiter()
-    # Bound methods of the process limiter: no forwarding call on the request path.
+    # Its own bound methods: no forwarding call on the request path.
+    assert built is limiter
     assert bound_to(limiter.hit) is built
     assert bound_to(limiter.get) is built
     assert bound_to(limiter.reset) is built
@@ -318,10 +318,13 @@ def test_any_facade_method_builds_the_limiter_first(first: str) -> None:
 def test_the_facade_follows_a_swap(clock: FakeClock) -> None:
     replacement = Limiter(CounterStore(), clock=clock, sync=False)
     set_limiter(replacement)
-    assert bound_to(limiter.hit) is replacement
+    limiter.hit("g", "k", "1/m")
+    assert replacement.get("g", "k", "1/m").count == 1
     set_limiter(None)
     limiter.hit("g", "k", "1/m")
-    assert bound_to(limiter.hit) is get_limiter() is not replacement
+    assert get_limiter() is not replacement
+    assert get_limiter().get("g", "k", "1/m").count == 1
+    assert replacement.get("g", "k", "1/m").count == 1  # no longer counted in
 
 
 def test_changing_channel_layers_drops_the_process_limiter() -> None:
@@ -338,17 +341,6 @@ def test_hit_refuses_an_empty_group_or_key() -> None:
         limiter.hit("g", "", "1/m")
     with pytest.raises(ValueError, match="non-empty"):
         limiter.hit("", "k", "1/m")
-
-
-def test_a_limiter_caught_retired_while_current_answers_itself(clock: FakeClock) -> None:
-    # The moment inside a swap back (A, B, then A again) where A is current but
-    # still flagged retired: a kept call must count, not forward to itself forever.
-    own = Limiter(CounterStore(), clock=clock, sync=False)
-    set_limiter(own)
-    own._retired = True
-    assert own.hit("g", "k", "5/m").count == 1
-    assert own.get("g", "k", "5/m").count == 1
-    own._retired = False
 
 
 def test_threads_wait_while_the_first_one_joins_the_cluster(
@@ -391,3 +383,64 @@ def test_a_failing_start_is_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
         fresh.hit("g", "k", "5/m")
     assert fresh.hit("g", "k", "5/m").count == 1  # counted locally from then on
     assert calls == [1]
+
+
+class FakeSync:
+    """What start_sync() returns, minus the thread: it only records being stopped."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_replaced_limiter_starts_no_sync_and_a_reinstalled_one_starts_again(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    from django_dratelimit.sync import thread as sync
+
+    started: list[FakeSync] = []
+
+    def fake_start(store: CounterStore) -> FakeSync:
+        started.append(FakeSync())
+        return started[-1]
+
+    monkeypatch.setattr(sync, "start_sync", fake_start)
+    first = Limiter(CounterStore(), clock=clock)
+    set_limiter(first)
+    set_limiter(Limiter(CounterStore(), clock=clock, sync=False))  # before first's first use
+    first.hit("g", "k", "5/m")
+    assert started == []  # nobody would ever stop it
+    set_limiter(first)
+    kept_hit = limiter.hit
+    kept_hit("g", "k", "5/m")
+    assert len(started) == 1
+    assert first.sync is not None
+    set_limiter(None)
+    assert started[0].stopped
+
+
+def test_a_settings_change_stops_the_sync_and_the_next_use_starts_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django_dratelimit.sync import thread as sync
+
+    started: list[FakeSync] = []
+
+    def fake_start(store: CounterStore) -> FakeSync:
+        started.append(FakeSync())
+        return started[-1]
+
+    monkeypatch.setattr(sync, "start_sync", fake_start)
+    set_limiter(None)
+    kept_hit = limiter.hit
+    kept_hit("g", "k", "5/m")
+    assert len(started) == 1
+    with override_settings(DRATELIMIT={"MAX_KEYS": 7}):
+        assert started[0].stopped
+        assert kept_hit("g", "k", "5/m").count == 1  # a fresh store, and the same limiter
+        assert len(started) == 2
+        assert get_limiter().store.max_keys == 7
+    assert started[1].stopped
+    set_limiter(None)

@@ -20,9 +20,8 @@ from .conf import conf
 from .costs import compile_cost, resolve_cost
 from .decisions import count as count_decision
 from .keys import KeyFunc, compile_key, resolve_key
-from .local.algorithms import EVENTUAL, FIXED_WINDOW, SLIDING_WINDOW
+from .local.algorithms import EVENTUAL, FIXED_WINDOW, SLIDING_WINDOW, window_start
 from .local.scopes import DJANGO_RATELIMIT_ALL, method_scope, scoped_key, window_offset
-from .local.scopes import window_start as scoped_window_start
 from .process import get_limiter
 from .rates import Rate, is_dynamic, parse_rate, resolve_rate
 from .usage import Usage
@@ -137,7 +136,7 @@ class Limit:
             group, period = self.group, rate.period
             offset = window_offset(group, value, period) if conf.STAGGER_WINDOWS else 0
             now = limiter.clock()
-            start = scoped_window_start(now, period, offset)
+            start = window_start(now, period, offset)
             stored = value + scope_suffix  # == scoped_key(value, limit, period, scope)
             usage = limiter.count_window(
                 group, value, stored, start, rate, algorithm, cost, self.name, now

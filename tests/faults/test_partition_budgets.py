@@ -11,7 +11,9 @@ no more. The connected side takes back P's unused promise once it lapses
 The window admits at most ``L + s`` (docs/budgets.md) plus the budgets'
 rounding slack. After the restore every process converges on the exact totals.
 
-The scenario runs once (a module fixture); each test asserts one promise on it.
+The scenario runs twice (a module fixture, see ``CUTS``): cut while the
+bucket's first equal promises still hold, and cut once the counts alone put it
+in budget mode. Each test asserts one promise on it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ LOADED_FOR = CUT_FOR - 2.5  # the load during the cut; then the connected side s
 # The first burst: most of the limit at once, so the key's observed rate is high and
 # budget mode starts with a few hits to spare; then one hit per process at a time.
 BURST, STEP = 75, PROCESSES
+# A fresh bucket starts with equal promises (L // n each) that hold for max(1 s,
+# 4 rounds). Two cuts: "promised" while they hold (the plan at the cut is what
+# was left of them), "counted" once they lapsed (the plan comes from the counts,
+# in budget mode by its rule: what remains is small against one round's hits).
+CUTS = ("promised", "counted")
+PROMISES_LAPSE = 1.2
 # Budget mode's slack (docs/budgets.md, skewed load: L + n): the largest remainder
 # rounding and the floors can hand one hit each to every process between two pictures.
 SLACK = PROCESSES
@@ -67,8 +75,8 @@ def admitted(replies: list[Reply], port: int | None = None, other_than: int | No
     )
 
 
-@pytest.fixture(scope="module")
-def partition() -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=CUTS)
+def partition(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     redis = RedisServer()
     redis.start()
     proxy = Proxy(redis.port).start()
@@ -95,6 +103,9 @@ def partition() -> Iterator[dict[str, Any]]:
         # Near the limit: hits until every process decides on a budget for the key.
         # Hits refused by a budget are not counted, so the count is what was admitted.
         before = Loader(nodes, path=path, threads=3, total=BURST).run().replies
+        if request.param == "counted":
+            time.sleep(PROMISES_LAPSE)
+            before += Loader(nodes, path=path, threads=3, total=STEP).run().replies
         plans: list[dict[str, int] | None] = []
         while True:
             converge(nodes, admitted(before), 10, **acc)
@@ -132,6 +143,7 @@ def partition() -> Iterator[dict[str, Any]]:
             result["converge_error"] = str(exc)
         sync = proc(cut_off)["sync"]
         result.update(
+            figures=f"partition_budgets_{request.param}",
             before=before,
             during=during,
             cut_off_port=cut_off.port,
@@ -179,7 +191,7 @@ def test_the_cut_off_process_admits_its_last_share_only(partition: dict[str, Any
     before = admitted(partition["before"])
     assert partition["local"]["cut_off"] == before + partition["p_during"]
     keep(
-        "partition_budgets",
+        partition["figures"],
         processes=PROCESSES,
         limit=LIMIT,
         cut_for_s=CUT_FOR,
@@ -210,7 +222,7 @@ def test_the_connected_side_and_the_window_stay_within_the_partition_bound(
     plan = partition["plan_at_cut"]
     others_levels = sum(level for o, level in plan.items() if o != partition["origin"])
     keep(
-        "partition_budgets",
+        partition["figures"],
         # What P's last plan left the others: they get P's unused share on top once
         # P's promise lapses (admitted_by_others minus this).
         others_share_at_cut=others_levels - admitted(before, other_than=port),
@@ -229,4 +241,4 @@ def test_every_process_converges_on_the_exact_totals_after_the_restore(
     # Refusals by a budget are not counted and nothing was refused at the limit
     # itself (every process stayed in budget mode): the totals are what was admitted.
     assert "converge_error" not in partition, partition.get("converge_error")
-    keep("partition_budgets", converged_after_restore_s=round(partition["converged_after"], 2))
+    keep(partition["figures"], converged_after_restore_s=round(partition["converged_after"], 2))

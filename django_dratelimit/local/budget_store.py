@@ -127,6 +127,25 @@ class BudgetedStore:
                     headroom,
                 )
 
+    def cut_off(self, now: float) -> None:
+        """The broker is gone: no new picture will come until it is back.
+
+        A bucket deciding on totals would let this process alone take all that
+        remains, so each gets a plan: an equal share of what remains for every
+        process of the last known cluster, as a fresh bucket starts with. Buckets
+        in budget mode keep theirs; the next picture after the outage replans.
+        """
+        everyone = {*self.members, self.origin}
+        if len(everyone) <= 1:
+            return
+        with self._lock:
+            for bucket in self._buckets.values():
+                if bucket.plan is None and bucket.limit:
+                    share = max(0, bucket.limit - bucket.total) // len(everyone)
+                    levels = {o: (bucket.remote.get(o, 0) + share, now) for o in everyone}
+                    levels[self.origin] = (bucket.local + share, now)
+                    bucket.plan = Plan(bucket.local + share, levels)
+
     def planned(self, now: float) -> dict[BucketKey, dict[str, int]]:
         """Buckets in budget mode here, with the level each process may count up to."""
         with self._lock:

@@ -39,10 +39,22 @@ def test_cut_off_far_from_the_limit_admits_an_equal_share_of_what_remains(
 ) -> None:
     limiter, store = clustered(clock)
     far_from_its_limit(limiter, store, clock)
-    store.cut_off(clock.now)
+    store.cut_off()
     clock.advance(30)  # no more pictures, however long
     admitted = sum(limiter.hit("g", "k", "100/m").allowed for _ in range(200))
     assert admitted == (100 - 30) // 4  # not the 70 that remain
+
+
+def test_the_first_picture_after_the_outage_decides_on_totals_again(clock: FakeClock) -> None:
+    limiter, store = clustered(clock)
+    bucket = far_from_its_limit(limiter, store, clock)
+    store.cut_off()
+    for _ in range(5):
+        limiter.hit("g", "k", "100/m")
+    clock.advance(0.1)  # the broker is back at once: a blip
+    store.rebudget([bucket], ["b", "c", "d"], clock.now, ROUND)
+    assert store._buckets[bucket].plan is None  # far from the limit: no false 429s
+    assert sum(limiter.hit("g", "k", "100/m").allowed for _ in range(100)) == 100 - 35
 
 
 def test_cut_off_keeps_the_plan_of_a_bucket_in_budget_mode(clock: FakeClock) -> None:
@@ -53,7 +65,7 @@ def test_cut_off_keeps_the_plan_of_a_bucket_in_budget_mode(clock: FakeClock) -> 
     store.rebudget([bucket], ["b", "c", "d"], clock.now, ROUND)
     plan = store._buckets[bucket].plan
     assert plan is not None
-    store.cut_off(clock.now + 1)
+    store.cut_off()
     assert store._buckets[bucket].plan is plan
 
 
@@ -61,7 +73,7 @@ def test_alone_cut_off_changes_nothing(clock: FakeClock) -> None:
     store = CounterStore(origin="me")
     limiter = Limiter(store, clock=clock, sync=False)
     limiter.hit("g", "k", "10/m")
-    store.cut_off(clock.now)
+    store.cut_off()
     assert store.planned(clock.now) == {}
     assert sum(limiter.hit("g", "k", "10/m").allowed for _ in range(20)) == 9
 

@@ -477,7 +477,7 @@ class SyncNode:
         self.metrics.last_error = f"{where}: {type(exc).__name__}: {exc}"
         self._failures += 1
         if not self._degraded and self.budgets:
-            self.store.cut_off(self.clock())  # every bucket on its last share, not the rest
+            self.store.cut_off()  # every bucket on its last share, not the rest
         self._degraded = True
         self._wake.set()  # the send loop recovers without waiting for a hit
         log_throttled(

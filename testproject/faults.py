@@ -4,7 +4,8 @@
   count this process decided on and the number of the request in this process,
   so a test can tell which decision was a process's first one;
 - ``keyed/``: keyed on the ``X-Client`` header, for the key flood;
-- ``proc/``: this process's first decision, its store (buckets, evictions) and RSS.
+- ``proc/``: this process's first decision, its store (buckets, evictions), RSS and
+  the buckets in budget mode here (each process's level, as this process planned it).
 """
 
 from __future__ import annotations
@@ -82,5 +83,9 @@ def proc(request: HttpRequest) -> JsonResponse:
             "evictions": limiter.store.evictions,
             "rss_kib": rss_kib(),
             "sync": node.node_info() if node is not None else None,
+            "plans": [
+                {"group": g, "key": k, "period": p, "start": s, "levels": levels}
+                for (g, k, p, s), levels in limiter.store.planned(limiter.clock()).items()
+            ],
         }
     )

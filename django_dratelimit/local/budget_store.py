@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from .budgets import BUDGET_HEADROOM, IDLE_ROUNDS, MIN_IDLE, budget_shares, initial_budget
 
+CUT_OFF_SLICE = 1000  # buckets planned per hold of the store's lock when cut off
+
 if TYPE_CHECKING:
     from .store import Bucket, BucketKey
 
@@ -126,6 +128,35 @@ class BudgetedStore:
                     round_time,
                     headroom,
                 )
+
+    def cut_off(self) -> None:
+        """The broker is gone: no new picture will come until it is back.
+
+        A bucket deciding on totals would let this process alone take all that
+        remains, so each gets a plan: an equal share of what remains for every
+        process of the last known cluster, as a fresh bucket starts with. Buckets
+        in budget mode keep theirs. The shares are stand-ins, not promises (made
+        "long ago"): the first picture after the outage replans from the counts,
+        so a broker's blip costs no false 429s once it is over.
+        """
+        everyone = {*self.members, self.origin}
+        if len(everyone) <= 1:
+            return
+        lapsed = float("-inf")
+        with self._lock:
+            bucket_keys = list(self._buckets)
+        # In slices: 100,000 buckets take a few hundred ms, too long to hold the
+        # request path's lock. Buckets made meanwhile start with an equal share anyway.
+        for at in range(0, len(bucket_keys), CUT_OFF_SLICE):
+            with self._lock:
+                for bucket_key in bucket_keys[at : at + CUT_OFF_SLICE]:
+                    bucket = self._buckets.get(bucket_key)
+                    if bucket is None or bucket.plan is not None or not bucket.limit:
+                        continue
+                    share = max(0, bucket.limit - bucket.total) // len(everyone)
+                    levels = {o: (bucket.remote.get(o, 0) + share, lapsed) for o in everyone}
+                    levels[self.origin] = (bucket.local + share, lapsed)
+                    bucket.plan = Plan(bucket.local + share, levels)
 
     def planned(self, now: float) -> dict[BucketKey, dict[str, int]]:
         """Buckets in budget mode here, with the level each process may count up to."""

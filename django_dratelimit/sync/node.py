@@ -270,6 +270,8 @@ class SyncNode:
         self.metrics.broker_errors += 1
         self.metrics.last_error = f"{where}: {type(exc).__name__}: {exc}"
         self._failures += 1
+        if not self.degraded and self.budgets:
+            self.store.cut_off()  # every bucket on its last share, not the rest
         self.degraded = True
         self.rounds.poke()  # the send loop recovers without waiting for a hit
         log_throttled(

@@ -7,9 +7,10 @@ what it knows: its own hits and the counts from before. Once the link is back,
 every process converges on the exact totals.
 
 The scenario runs once (a module fixture); each test asserts one promise on it.
-Today's bound is asserted in the first test; the bound budgets (issue 11) will
-give is asserted in ``test_budget_bound_during_a_partition``, an expected
-failure until they are merged.
+Budgets are off here (the suite's ``server_env``), so this is the worst case:
+each side of the partition admits up to the limit on its own counts. With
+budgets on (the default) the cut-off process admits only its last share:
+``tests/faults/test_partition_budgets.py``.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def test_the_cut_off_process_limits_on_local_counts_and_converges_after(
     assert local["cut_off"] == BEFORE + mine, local
     assert local["others"] == [BEFORE + len(replies) - mine] * 2, local
 
-    # Today's bound: each side of the partition admits up to the limit on its own
-    # counts (P: what is left of it, the others: that plus one sync round).
+    # The bound without budgets: each side of the partition admits up to the limit on
+    # its own counts (P: what is left of it, the others: that plus one sync round).
     p_admitted, others_admitted = admitted_by_side(partition)
     assert p_admitted == LIMIT - BEFORE
     rate = request_rate(partition)

@@ -1,0 +1,161 @@
+"""Budgets for the token and leaky buckets: each process's share is a small bucket of its own.
+
+A token bucket stores, per origin, the tokens it took in the epoch, and a
+max-merged register; from them every process derives the same level, one
+round late. The budget rule is the windows' rule (``budgets``), in tokens:
+
+- **What remains** is the level the cluster knows, less the promises not used
+  up yet: ``room - reserved``, where ``room = taken + level`` is how far the
+  cluster's taken count may go right now. Refill raises ``room`` with time.
+- **When.** A bucket is in budget mode while what remains is at most
+  ``BUDGET_HEADROOM`` x what the cluster took in the last round (its rate
+  measured from one picture to the next, not over the epoch: a bucket exists to
+  absorb bursts, and a 16-period average cannot warn of one), plus one per
+  process. A take on a bucket with no plan (fresh, or far from empty at the
+  last picture) starts with an equal share of the level: until the next
+  picture nobody knows the rate, and the shares add up to the level.
+- **A share is a bucket.** Process ``p`` gets ``s_p`` tokens of what remains,
+  by weight as for the windows, and the fraction ``f_p = w_p / sum(w)`` of the
+  refill: its budget is a token bucket of capacity ``max(s_p, f_p x C)``
+  refilling at ``f_p x C / period``, holding ``s_p`` at the picture. The
+  budgets add up to what remains, their refills to the bucket's, their
+  capacities to ``C`` (plus rounding): whatever the pictures, the cluster
+  never takes more than one bucket would, plus ``n`` for rounding.
+- **Partition.** With no picture a budget stays as it was and keeps
+  refilling at its fraction: a cut-off process admits its share, then its
+  fraction of the refill, not the whole bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from .algorithms import REGISTER_SCALE, carried_level, epoch_level
+from .budgets import (
+    BUDGET_HEADROOM,
+    IDLE_ROUNDS,
+    MIN_IDLE,
+    Plan,
+    allocate,
+    in_budget_mode,
+    reserve,
+    weights,
+)
+
+SLACK = 2 / REGISTER_SCALE  # the register's rounding, as in algorithms.bucket_decision
+
+
+class BucketPlan(Plan):
+    """A token or leaky bucket in budget mode: the promises, and this process's own bucket."""
+
+    __slots__ = ("at", "cap", "capacity", "fraction", "period", "seen_at", "seen_taken", "tokens")
+
+    def __init__(
+        self,
+        allowed: int,
+        levels: dict[str, tuple[int, float]],
+        capacity: int,
+        period: int,
+        fraction: float,
+        tokens: float,
+        now: float,
+        taken: int,
+    ) -> None:
+        super().__init__(allowed, levels)
+        self.capacity, self.period, self.fraction = capacity, period, fraction
+        self.cap = max(tokens, fraction * capacity)  # this process's bucket size
+        self.tokens, self.at = tokens, now  # what it holds, and when that was true
+        self.seen_taken, self.seen_at = taken, now  # for the rate at the next picture
+
+    def _refilled(self, now: float) -> float:
+        if now <= self.at:
+            return self.tokens
+        gain = self.fraction * self.capacity * (now - self.at) / self.period
+        return min(self.cap, self.tokens + gain)
+
+    def take(self, cost: int, now: float) -> bool:
+        """Take ``cost`` tokens from this process's budget, if it holds them."""
+        tokens = self._refilled(now)
+        self.tokens, self.at = tokens, max(now, self.at)
+        if tokens + SLACK < cost:
+            return False
+        self.tokens = tokens - cost
+        return True
+
+    def room(self, now: float) -> int:
+        """Whole tokens this process may still take before a new picture."""
+        return max(0, math.floor(self._refilled(now) + SLACK))
+
+
+def room(taken: int, level: float) -> int:
+    """How far the cluster's taken count may go now: what it took plus the level."""
+    return math.floor(taken + level + SLACK)
+
+
+def level_now(
+    taken: int,
+    register: int,
+    previous: tuple[int, int],
+    capacity: int,
+    period: int,
+    elapsed: float,
+) -> float:
+    """The bucket's level ``elapsed`` seconds into its epoch, as the limiter computes it."""
+    start_level = carried_level(*previous, capacity, period)
+    return epoch_level(taken, register, start_level, elapsed, capacity, period).level
+
+
+def fresh_plan(
+    origin: str,
+    members: Iterable[str],
+    counts: Mapping[str, int],
+    taken: int,
+    level: float,
+    capacity: int,
+    period: int,
+    now: float,
+) -> BucketPlan:
+    """A take with no plan: an equal share of the level for every live process."""
+    everyone = {*members, origin}
+    share = max(1, math.floor(level + SLACK) // len(everyone))
+    levels = {o: (counts.get(o, 0) + share, now) for o in everyone}
+    return BucketPlan(
+        levels[origin][0], levels, capacity, period, 1 / len(everyone), share, now, taken
+    )
+
+
+def replan_bucket(
+    plan: BucketPlan,
+    origin: str,
+    counts: Mapping[str, int],
+    members: Iterable[str],
+    taken: int,
+    level: float,
+    elapsed: float,
+    now: float,
+    round_time: float,
+    headroom: float = BUDGET_HEADROOM,
+) -> BucketPlan | None:
+    """The next plan of a bucket from this picture (None: far from empty, no budgets)."""
+    everyone = sorted({*members, origin})
+    ttl = max(MIN_IDLE, IDLE_ROUNDS * round_time)
+    levels = reserve(plan.levels, counts, everyone, now, ttl)
+    remaining = room(taken, level) - sum(lv for lv, _ in levels.values())
+    # Taken per round since the last picture (refusals are not taken: a bucket
+    # held in budget mode sees its admitted rate, and leaves only once it refilled).
+    rate = (taken - plan.seen_taken) / max(now - plan.seen_at, round_time)
+    if not in_budget_mode(remaining, rate, round_time, len(everyone), headroom):
+        return None
+    shares_by = weights(counts, plan.grew_at, everyone, elapsed, now, ttl)
+    shares = allocate(max(0, remaining), shares_by)
+    total_weight = sum(shares_by.values())
+    fraction = shares_by[origin] / total_weight if total_weight > 0 else 1 / len(everyone)
+    for o, share in shares.items():
+        if share:
+            levels[o] = (levels[o][0] + share, now)
+    own = levels[origin][0]
+    tokens = max(0, own - counts.get(origin, 0))  # an unused promise, plus the new share
+    new = BucketPlan(own, levels, plan.capacity, plan.period, fraction, tokens, now, taken)
+    new.grew_at = plan.grew_at
+    return new

@@ -7,13 +7,15 @@ round late. The budget rule is the windows' rule (``budgets``), in tokens:
 - **What remains** is the level the cluster knows, less the promises not used
   up yet: ``room - reserved``, where ``room = taken + level`` is how far the
   cluster's taken count may go right now. Refill raises ``room`` with time.
-- **When.** A bucket is in budget mode while what remains is at most
-  ``BUDGET_HEADROOM`` x what the cluster took in the last round (its rate
-  measured from one picture to the next, not over the epoch: a bucket exists to
-  absorb bursts, and a 16-period average cannot warn of one), plus one per
-  process. A take on a bucket with no plan (fresh, or far from empty at the
-  last picture) starts with an equal share of the level: until the next
-  picture nobody knows the rate, and the shares add up to the level.
+- **When.** From the first take until a picture finds the bucket full
+  again. A bucket exists to let a burst take its whole level within one
+  round, so the windows' test (what remains against what a round takes at the
+  observed rate) cannot tell when a bucket is safe: measured over the epoch the
+  rate is too old, and measured per round it only counts what budgets admitted
+  (refusals take nothing), so a bucket held at its budgets would look idle,
+  leave budget mode, and hand out equal shares again. The first take starts
+  with an equal share of the level: until the next picture nobody knows the
+  rate, and the shares add up to the level.
 - **A share is a bucket.** Process ``p`` gets ``s_p`` tokens of what remains,
   by weight as for the windows, and the fraction ``f_p = w_p / sum(w)`` of the
   refill: its budget is a token bucket of capacity ``max(s_p, f_p x C)``
@@ -32,16 +34,7 @@ import math
 from collections.abc import Iterable, Mapping
 
 from .algorithms import REGISTER_SCALE, carried_level, epoch_level
-from .budgets import (
-    BUDGET_HEADROOM,
-    IDLE_ROUNDS,
-    MIN_IDLE,
-    Plan,
-    allocate,
-    in_budget_mode,
-    reserve,
-    weights,
-)
+from .budgets import IDLE_ROUNDS, MIN_IDLE, Plan, allocate, reserve, weights
 
 SLACK = 2 / REGISTER_SCALE  # the register's rounding, as in algorithms.bucket_decision
 
@@ -49,7 +42,7 @@ SLACK = 2 / REGISTER_SCALE  # the register's rounding, as in algorithms.bucket_d
 class BucketPlan(Plan):
     """A token or leaky bucket in budget mode: the promises, and this process's own bucket."""
 
-    __slots__ = ("at", "cap", "capacity", "fraction", "period", "seen_at", "seen_taken", "tokens")
+    __slots__ = ("at", "cap", "capacity", "fraction", "period", "tokens")
 
     def __init__(
         self,
@@ -60,13 +53,11 @@ class BucketPlan(Plan):
         fraction: float,
         tokens: float,
         now: float,
-        taken: int,
     ) -> None:
         super().__init__(allowed, levels)
         self.capacity, self.period, self.fraction = capacity, period, fraction
         self.cap = max(tokens, fraction * capacity)  # this process's bucket size
         self.tokens, self.at = tokens, now  # what it holds, and when that was true
-        self.seen_taken, self.seen_at = taken, now  # for the rate at the next picture
 
     def _refilled(self, now: float) -> float:
         if now <= self.at:
@@ -110,7 +101,6 @@ def fresh_plan(
     origin: str,
     members: Iterable[str],
     counts: Mapping[str, int],
-    taken: int,
     level: float,
     capacity: int,
     period: int,
@@ -120,9 +110,7 @@ def fresh_plan(
     everyone = {*members, origin}
     share = max(1, math.floor(level + SLACK) // len(everyone))
     levels = {o: (counts.get(o, 0) + share, now) for o in everyone}
-    return BucketPlan(
-        levels[origin][0], levels, capacity, period, 1 / len(everyone), share, now, taken
-    )
+    return BucketPlan(levels[origin][0], levels, capacity, period, 1 / len(everyone), share, now)
 
 
 def replan_bucket(
@@ -135,18 +123,14 @@ def replan_bucket(
     elapsed: float,
     now: float,
     round_time: float,
-    headroom: float = BUDGET_HEADROOM,
 ) -> BucketPlan | None:
-    """The next plan of a bucket from this picture (None: far from empty, no budgets)."""
+    """The next plan of a bucket from this picture (None: it is full, no budgets)."""
+    if level + SLACK >= plan.capacity:
+        return None  # nothing in use: the next take starts again with equal shares
     everyone = sorted({*members, origin})
     ttl = max(MIN_IDLE, IDLE_ROUNDS * round_time)
     levels = reserve(plan.levels, counts, everyone, now, ttl)
     remaining = room(taken, level) - sum(lv for lv, _ in levels.values())
-    # Taken per round since the last picture (refusals are not taken: a bucket
-    # held in budget mode sees its admitted rate, and leaves only once it refilled).
-    rate = (taken - plan.seen_taken) / max(now - plan.seen_at, round_time)
-    if not in_budget_mode(remaining, rate, round_time, len(everyone), headroom):
-        return None
     shares_by = weights(counts, plan.grew_at, everyone, elapsed, now, ttl)
     shares = allocate(max(0, remaining), shares_by)
     total_weight = sum(shares_by.values())
@@ -156,6 +140,6 @@ def replan_bucket(
             levels[o] = (levels[o][0] + share, now)
     own = levels[origin][0]
     tokens = max(0, own - counts.get(origin, 0))  # an unused promise, plus the new share
-    new = BucketPlan(own, levels, plan.capacity, plan.period, fraction, tokens, now, taken)
+    new = BucketPlan(own, levels, plan.capacity, plan.period, fraction, tokens, now)
     new.grew_at = plan.grew_at
     return new

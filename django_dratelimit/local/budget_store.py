@@ -105,9 +105,7 @@ class BudgetedStore:
         plan = bucket.plan
         if not isinstance(plan, BucketPlan):
             counts = self._counts(bucket)
-            plan = fresh_plan(
-                self.origin, self.members, counts, bucket.total, level, capacity, period, now
-            )
+            plan = fresh_plan(self.origin, self.members, counts, level, capacity, period, now)
             bucket.plan = plan
         if not plan.take(amount, now):
             # Not taken; the bucket goes out with the next round, whose picture
@@ -139,7 +137,7 @@ class BudgetedStore:
                 plan = bucket.plan
                 if isinstance(plan, BucketPlan):
                     bucket.plan = self._replan_bucket(
-                        bucket_key, bucket, plan, members, now, round_time, headroom
+                        bucket_key, bucket, plan, members, now, round_time
                     )
                     continue
                 if not bucket.limit:
@@ -173,7 +171,6 @@ class BudgetedStore:
         members: list[str],
         now: float,
         round_time: float,
-        headroom: float,
     ) -> BucketPlan | None:
         group, key, length, start = bucket_key
         taken, register = self.read(bucket_key)
@@ -181,7 +178,7 @@ class BudgetedStore:
         level = level_now(taken, register, previous, plan.capacity, plan.period, now - start)
         counts = self._counts(bucket)
         return replan_bucket(
-            plan, self.origin, counts, members, taken, level, now - start, now, round_time, headroom
+            plan, self.origin, counts, members, taken, level, now - start, now, round_time
         )
 
     def planned(self, now: float) -> dict[BucketKey, dict[str, int]]:

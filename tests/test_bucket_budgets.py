@@ -110,11 +110,10 @@ def plan_at(now: float) -> BucketPlan:
 
 
 def test_a_new_picture_shares_what_remains_by_rate() -> None:
-    plan = plan_at(NOW)
-    plan.grew_at.update({"me": NOW + 1.0, "b": NOW + 1.0})
+    plan = plan_at(NOW)  # every count was 0 then
     counts = {"me": 5, "b": 60, "c": 0, "d": 0}
     later = NOW + 1.2  # the equal promises (younger than 1 s) have lapsed
-    new = replan_bucket(plan, "me", counts, PEERS, 65, 35.0, 10.0, later, ROUND)
+    new = replan_bucket(plan, "me", counts, PEERS, 65, 35.0, later, ROUND)
     assert new is not None
     shares = {o: new.levels[o][0] - counts[o] for o in counts}
     assert sum(shares.values()) == room(65, 35.0) - 65 == 35
@@ -128,7 +127,7 @@ def test_unused_promises_stay_reserved_until_they_lapse() -> None:
     plan = plan_at(NOW)
     counts = {"me": 5, "b": 20, "c": 0, "d": 0}  # b over its 25? no: under, like the rest
     soon = NOW + 0.3
-    new = replan_bucket(plan, "me", counts, PEERS, 25, 75.0, 10.0, soon, ROUND)
+    new = replan_bucket(plan, "me", counts, PEERS, 25, 75.0, soon, ROUND)
     assert new is not None
     # 4 x 25 promised, none used up: nothing new to hand out, my promise stands.
     assert sum(level for level, _ in new.levels.values()) == CAPACITY
@@ -139,21 +138,21 @@ def test_budget_mode_lasts_until_a_picture_finds_the_bucket_full() -> None:
     plan = plan_at(NOW)
     counts = {"me": 1, "b": 1, "c": 0, "d": 0}
     # Two tokens in use at a slow rate: still shared (a burst may come at any time).
-    assert replan_bucket(plan, "me", counts, PEERS, 2, 98.0, 5.0, NOW + 5.0, ROUND) is not None
+    assert replan_bucket(plan, "me", counts, PEERS, 2, 98.0, NOW + 5.0, ROUND) is not None
     # Full again: no budgets until the next take, which starts with equal shares.
-    assert replan_bucket(plan, "me", counts, PEERS, 2, 100.0, 9.0, NOW + 9.0, ROUND) is None
+    assert replan_bucket(plan, "me", counts, PEERS, 2, 100.0, NOW + 9.0, ROUND) is None
 
 
 def test_refill_reaches_the_shares_through_the_level() -> None:
     plan = plan_at(NOW)
     counts = {"me": 25, "b": 25, "c": 25, "d": 25}  # every promise used up
-    at_zero = replan_bucket(plan, "me", counts, PEERS, 100, 0.0, 10.0, NOW + 0.2, ROUND)
+    at_zero = replan_bucket(plan, "me", counts, PEERS, 100, 0.0, NOW + 0.2, ROUND)
     assert at_zero is not None
     assert at_zero.tokens == 0
     # Six seconds later the bucket refilled 10 tokens and b took 4 of them: the
     # other 6 are what the next picture splits.
     counts["b"] = 29
-    later = replan_bucket(at_zero, "me", counts, PEERS, 104, 6.0, 16.0, NOW + 6.2, ROUND)
+    later = replan_bucket(at_zero, "me", counts, PEERS, 104, 6.0, NOW + 6.2, ROUND)
     assert later is not None
     assert sum(lv for lv, _ in later.levels.values()) - sum(counts.values()) == 6
 
@@ -168,14 +167,14 @@ ORIGINS = ["me", *PEERS]
     prior=st.fixed_dictionaries({o: st.integers(0, 60) for o in ORIGINS}),
     level=st.floats(-20, CAPACITY - 1),  # in use: a full bucket has no budgets
     age=st.floats(0, 5),
-    grew=st.fixed_dictionaries({o: st.floats(0, 10) for o in ORIGINS}),
+    rates=st.fixed_dictionaries({o: st.floats(0, 1e4) for o in ORIGINS}),
 )
 def test_the_budgets_of_every_process_add_up_to_at_most_what_remains(
     counts: dict[str, int],
     prior: dict[str, int],
     level: float,
     age: float,
-    grew: dict[str, float],
+    rates: dict[str, float],
 ) -> None:
     taken = sum(counts.values())
     now = NOW + 10.0
@@ -184,12 +183,15 @@ def test_the_budgets_of_every_process_add_up_to_at_most_what_remains(
         old = BucketPlan(
             0, {o: (n, now - age) for o, n in prior.items()}, CAPACITY, PERIOD, 0.25, 0, now - 1
         )
-        old.grew_at = {o: now - g for o, g in grew.items()}
+        old.rates = dict(rates)
         peers = [o for o in ORIGINS if o != origin]
-        plans.append(replan_bucket(old, origin, counts, peers, taken, level, 10.0, now, ROUND))
+        plans.append(replan_bucket(old, origin, counts, peers, taken, level, now, ROUND))
     new = [p for p in plans if p is not None]
     assert len(new) == len(ORIGINS)  # in use: in budget mode
-    live = {o: n for o, n in prior.items() if age <= 1.0 and n > counts[o]}
+    lapsed = (
+        now - (now - age) > 1.0
+    )  # the promises live max(1 s, 4 rounds), computed as replan does
+    live = {o: n for o, n in prior.items() if not lapsed and n > counts[o]}
     reserved = sum(max(counts[o], live.get(o, 0)) for o in ORIGINS)
     remaining = max(0, room(taken, level) - reserved)
     # What every process may still take: the unused promises plus the new shares.
@@ -200,3 +202,33 @@ def test_the_budgets_of_every_process_add_up_to_at_most_what_remains(
     # Their refills add up to the bucket's, and their sizes to its capacity (+ rounding).
     assert sum(p.fraction for p in new) == pytest.approx(1.0)
     assert sum(p.cap for p in new) <= CAPACITY + budgets + 1e-9
+
+
+def test_a_promise_parked_at_a_process_the_traffic_left_lapses_despite_refill() -> None:
+    plan = plan_at(NOW)
+    plan.levels = {"me": (10, NOW), "b": (60, NOW), "c": (5, NOW), "d": (5, NOW)}
+    plan.seen = {"me": 0, "b": 10, "c": 5, "d": 5}  # the traffic left b for me
+    counts = {"me": 10, "b": 10, "c": 5, "d": 5}
+    # Each picture splits what refilled, b's floor share included...
+    half = replan_bucket(plan, "me", counts, PEERS, 30, 80.0, NOW + 0.5, ROUND)
+    assert half is not None
+    assert half.levels["b"][0] > 60
+    # ...but b's unused 50 still lapse a second after they were promised, and flow to me.
+    counts["me"] = 30
+    later = replan_bucket(half, "me", counts, PEERS, 50, 60.0, NOW + 1.2, ROUND)
+    assert later is not None
+    remaining = room(50, 60.0) - sum(max(counts[o], half.levels[o][0]) for o in "cd") - 10 - 30
+    assert later.levels["b"][0] - counts["b"] <= 1  # its floor, at most
+    assert later.levels["me"][0] - counts["me"] >= 0.8 * remaining
+
+
+def test_weights_follow_the_recent_rate_not_the_epoch() -> None:
+    plan = plan_at(NOW)
+    plan.seen = {"me": 0, "b": 0, "c": 0, "d": 0}
+    # b took 90 long ago in this epoch, but nothing since the last picture; me is busy now.
+    plan.seen_at, plan.seen = NOW, {"me": 10, "b": 90, "c": 0, "d": 0}
+    counts = {"me": 20, "b": 90, "c": 0, "d": 0}
+    new = replan_bucket(plan, "me", counts, PEERS, 110, 30.0, NOW + 2.0, ROUND)
+    assert new is not None
+    assert new.fraction > 0.9
+    assert new.rates["b"] == 0

@@ -142,3 +142,23 @@ def test_a_token_bucket_with_the_broker_gone_admits_a_share_per_process(
     # Each process knows the others and takes an equal share, 100 // 4, then a
     # quarter of the refill: the bucket's own bound, plus one per process.
     assert result["admitted"] <= LIMIT + PROCESSES + refilled(burst), (result, burst)
+
+
+@pytest.mark.parametrize("split", [0, 300])
+def test_a_token_bucket_load_on_one_process_or_moving_is_not_starved(
+    split: int,
+    redis_db: RedisServer,
+    servers: Callable[..., DemoServer],  # noqa: F811
+) -> None:
+    nodes = started(redis_db, servers)
+    began = time.monotonic()
+    if split:
+        first = load(nodes[:1], split, path=TOKENS)
+        rest = load(nodes[1:2], REQUESTS - split, path=TOKENS)
+        admitted = first["admitted"] + rest["admitted"]
+    else:
+        admitted = load(nodes[:1], REQUESTS, path=TOKENS)["admitted"]
+    burst = time.monotonic() - began
+    # The shares follow the recent rate: what another process was promised and
+    # does not use lapses within a second, so the busy one gets the bucket.
+    assert LEAST <= admitted <= MOST + refilled(burst), (admitted, burst)

@@ -17,7 +17,8 @@ round late. The budget rule is the windows' rule (``budgets``), in tokens:
   with an equal share of the level: until the next picture nobody knows the
   rate, and the shares add up to the level.
 - **A share is a bucket.** Process ``p`` gets ``s_p`` tokens of what remains,
-  by weight as for the windows, and the fraction ``f_p = w_p / sum(w)`` of the
+  by weight: its rate over the last couple of rounds, plus the windows' floor;
+  and the fraction ``f_p = w_p / sum(w)`` of the
   refill: its budget is a token bucket of capacity ``max(s_p, f_p x C)``
   refilling at ``f_p x C / period``, holding ``s_p`` at the picture. The
   budgets add up to what remains, their refills to the bucket's, their
@@ -34,7 +35,7 @@ import math
 from collections.abc import Iterable, Mapping
 
 from .algorithms import REGISTER_SCALE, carried_level, epoch_level
-from .budgets import IDLE_ROUNDS, MIN_IDLE, Plan, allocate, reserve, weights
+from .budgets import FLOOR_SHARE, IDLE_ROUNDS, MIN_IDLE, Plan, allocate, reserve
 
 SLACK = 2 / REGISTER_SCALE  # the register's rounding, as in algorithms.bucket_decision
 
@@ -42,7 +43,17 @@ SLACK = 2 / REGISTER_SCALE  # the register's rounding, as in algorithms.bucket_d
 class BucketPlan(Plan):
     """A token or leaky bucket in budget mode: the promises, and this process's own bucket."""
 
-    __slots__ = ("at", "cap", "capacity", "fraction", "period", "tokens")
+    __slots__ = (
+        "at",
+        "cap",
+        "capacity",
+        "fraction",
+        "period",
+        "rates",
+        "seen",
+        "seen_at",
+        "tokens",
+    )
 
     def __init__(
         self,
@@ -58,6 +69,10 @@ class BucketPlan(Plan):
         self.capacity, self.period, self.fraction = capacity, period, fraction
         self.cap = max(tokens, fraction * capacity)  # this process's bucket size
         self.tokens, self.at = tokens, now  # what it holds, and when that was true
+        # Each origin's count at this picture, and its recent rate (tokens a second).
+        self.seen: dict[str, int] = {}
+        self.seen_at = now
+        self.rates: dict[str, float] = {}
 
     def _refilled(self, now: float) -> float:
         if now <= self.at:
@@ -110,7 +125,38 @@ def fresh_plan(
     everyone = {*members, origin}
     share = max(1, math.floor(level + SLACK) // len(everyone))
     levels = {o: (counts.get(o, 0) + share, now) for o in everyone}
-    return BucketPlan(levels[origin][0], levels, capacity, period, 1 / len(everyone), share, now)
+    plan = BucketPlan(levels[origin][0], levels, capacity, period, 1 / len(everyone), share, now)
+    plan.seen = dict(counts)
+    return plan
+
+
+def recent_rates(
+    plan: BucketPlan,
+    counts: Mapping[str, int],
+    everyone: Iterable[str],
+    now: float,
+    round_time: float,
+) -> dict[str, float]:
+    """Each origin's rate over the last couple of rounds (an average decaying that fast).
+
+    Not over the epoch, as the windows do over theirs: 16 periods of history
+    would keep a process the traffic left looking busy, its share parked there.
+    An origin not seen at the last picture took all of its count since.
+    """
+    elapsed = max(now - plan.seen_at, round_time)
+    keep = max(0.0, 1.0 - elapsed / (2 * round_time))
+    rates = {}
+    for o in everyone:
+        count = counts.get(o, 0)
+        rate = max(0, count - plan.seen.get(o, 0)) / elapsed
+        rates[o] = keep * plan.rates.get(o, rate) + (1 - keep) * rate
+    return rates
+
+
+def rate_weights(rates: Mapping[str, float]) -> dict[str, float]:
+    """A process's weight is its rate, plus the floor for everyone (as ``budgets.weights``)."""
+    floor = FLOOR_SHARE * sum(rates.values()) / max(1, len(rates))
+    return {o: r + floor for o, r in rates.items()}
 
 
 def replan_bucket(
@@ -120,7 +166,6 @@ def replan_bucket(
     members: Iterable[str],
     taken: int,
     level: float,
-    elapsed: float,
     now: float,
     round_time: float,
 ) -> BucketPlan | None:
@@ -131,15 +176,21 @@ def replan_bucket(
     ttl = max(MIN_IDLE, IDLE_ROUNDS * round_time)
     levels = reserve(plan.levels, counts, everyone, now, ttl)
     remaining = room(taken, level) - sum(lv for lv, _ in levels.values())
-    shares_by = weights(counts, plan.grew_at, everyone, elapsed, now, ttl)
+    rates = recent_rates(plan, counts, everyone, now, round_time)
+    shares_by = rate_weights(rates)
     shares = allocate(max(0, remaining), shares_by)
     total_weight = sum(shares_by.values())
     fraction = shares_by[origin] / total_weight if total_weight > 0 else 1 / len(everyone)
     for o, share in shares.items():
         if share:
-            levels[o] = (levels[o][0] + share, now)
+            level_o, made = levels[o]
+            # A share added to an unused promise does not make it young again: the
+            # refill hands out a little every picture, and a process the traffic
+            # left would keep what it parked for ever.
+            levels[o] = (level_o + share, made if level_o > counts.get(o, 0) else now)
     own = levels[origin][0]
     tokens = max(0, own - counts.get(origin, 0))  # an unused promise, plus the new share
     new = BucketPlan(own, levels, plan.capacity, plan.period, fraction, tokens, now)
     new.grew_at = plan.grew_at
+    new.seen, new.rates = dict(counts), rates
     return new

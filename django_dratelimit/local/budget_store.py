@@ -177,9 +177,7 @@ class BudgetedStore:
         previous = self.read((group, key, length, start - length))
         level = level_now(taken, register, previous, plan.capacity, plan.period, now - start)
         counts = self._counts(bucket)
-        return replan_bucket(
-            plan, self.origin, counts, members, taken, level, now - start, now, round_time
-        )
+        return replan_bucket(plan, self.origin, counts, members, taken, level, now, round_time)
 
     def planned(self, now: float) -> dict[BucketKey, dict[str, int]]:
         """Buckets in budget mode here, with the level each process may count up to."""

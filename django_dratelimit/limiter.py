@@ -367,6 +367,13 @@ class Limiter:
                 return over_budget(group, key, capacity, period, now, algorithm, name)
         else:
             decide(*self.store.read(bucket_key))
+            # A probe before the takes of several rates asks the budget too.
+            if (
+                cost > 0
+                and not outcome[0].should_limit
+                and not self.store.holds(bucket_key, cost, now)
+            ):
+                return over_budget(group, key, capacity, period, now, algorithm, name)
         in_use, limited, time_left = outcome[0]
         if budget is not None:
             in_use = max(in_use, capacity - budget)  # RateLimit's r: what this process may take

@@ -232,3 +232,15 @@ def test_weights_follow_the_recent_rate_not_the_epoch() -> None:
     assert new is not None
     assert new.fraction > 0.9
     assert new.rates["b"] == 0
+
+
+def test_with_several_rates_a_budget_refusal_takes_nothing_from_the_others(
+    clock: FakeClock,
+) -> None:
+    limiter, store = clustered(clock)
+    rates = "8/m;1000/h"  # the first's share here is 2 tokens, the second's 250
+    usages = [limiter.hit("g", "k", rates, algorithm=TOKEN_BUCKET) for _ in range(4)]
+    assert [u.allowed for u in usages] == [True, True, False, False]
+    hour = epoch_length(3600)
+    taken, _ = store.read(("g", "k", hour, int(clock.now // hour) * hour))
+    assert taken == 2  # the refused hits took nothing from the hourly bucket

@@ -17,13 +17,13 @@ round late. The budget rule is the windows' rule (``budgets``), in tokens:
   with an equal share of the level: until the next picture nobody knows the
   rate, and the shares add up to the level.
 - **A share is a bucket.** Process ``p`` gets ``s_p`` tokens of what remains,
-  by weight: its rate over the last couple of rounds, plus the windows' floor;
-  and the fraction ``f_p = w_p / sum(w)`` of the
-  refill: its budget is a token bucket of capacity ``max(s_p, f_p x C)``
-  refilling at ``f_p x C / period``, holding ``s_p`` at the picture. The
-  budgets add up to what remains, their refills to the bucket's, their
-  capacities to ``C`` (plus rounding): whatever the pictures, the cluster
-  never takes more than one bucket would, plus ``n`` for rounding.
+  by weight (its rate over the last couple of rounds, plus the windows'
+  floor), and the fraction ``f_p = w_p / sum(w)`` of the refill: its budget
+  is a token bucket of capacity ``max(s_p, f_p x C)`` refilling at
+  ``f_p x C / period``, holding ``s_p`` at the picture. From one picture the
+  budgets add up to what remains, their refills to the bucket's and their
+  capacities to ``C`` (plus rounding): the cluster takes no more than one
+  bucket would, plus ``n``, and what pictures a round apart disagree on.
 - **Partition.** With no picture a budget stays as it was and keeps
   refilling at its fraction: a cut-off process admits its share, then its
   fraction of the refill, not the whole bucket.
@@ -191,6 +191,5 @@ def replan_bucket(
     own = levels[origin][0]
     tokens = max(0, own - counts.get(origin, 0))  # an unused promise, plus the new share
     new = BucketPlan(own, levels, plan.capacity, plan.period, fraction, tokens, now)
-    new.grew_at = plan.grew_at
     new.seen, new.rates = dict(counts), rates
     return new

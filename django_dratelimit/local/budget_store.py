@@ -113,8 +113,13 @@ class BudgetedStore:
             if self.track_dirty:
                 self._queue(bucket_key, bucket)
             return -1
-        plan.grew_at[self.origin] = now
         return plan.room(now)
+
+    def holds(self, bucket_key: BucketKey, cost: int, now: float) -> bool:
+        """Whether this process's budget of a token or leaky bucket holds ``cost`` (a probe)."""
+        bucket = self._buckets.get(bucket_key)  # a dict read is atomic
+        plan = bucket.plan if bucket is not None else None
+        return not isinstance(plan, BucketPlan) or plan.room(now) >= cost
 
     # -- the sync thread -------------------------------------------------------------
 

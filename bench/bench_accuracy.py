@@ -10,10 +10,14 @@ shared key, 1,000 requests sent as fast as the load can:
 - ``broker_down``: Redis is stopped before the burst (round-robin).
 
 Each scenario runs with budgets on (the default) and off (``BUDGETS=False``, the
-documented worst case). Run from the repository root::
+documented worst case). ``--algorithm token_bucket`` sends the same load to the
+same key limited by a token bucket of 100 tokens a minute (``/cluster/tokens/``);
+a bucket also admits what refills during the burst, reported as ``refill``.
+Run from the repository root::
 
     python bench/bench_accuracy.py            # both servers, 3 runs each (~4 minutes)
     python bench/bench_accuracy.py --quick    # CI smoke run: uvicorn, 1 run
+    python bench/bench_accuracy.py --algorithm token_bucket --runs 1
 
 Everything listens on 127.0.0.1 only; every process started is stopped.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +45,12 @@ LIMIT = 100
 REQUESTS = 1000
 PROCESSES = 4
 DEFAULT_JSON = ROOT / "bench" / "results" / "accuracy.json"
+# Where each algorithm's load goes, and the state that reads its counter.
+PATHS = {"fixed_window": "/cluster/hit/", "token_bucket": "/cluster/tokens/"}
+STATE = {
+    "fixed_window": {},
+    "token_bucket": {"group": "cluster-tokens", "algorithm": "token_bucket"},
+}
 
 
 def fresh_minute(needed: float = 15.0) -> None:
@@ -71,23 +82,25 @@ def start(kind: str, environment: dict[str, str]) -> list[DemoServer]:
 
 
 def scenario(
-    name: str, servers: list[DemoServer], redis: RedisServer
+    name: str, servers: list[DemoServer], redis: RedisServer, path: str
 ) -> Callable[[], dict[str, int]]:
     def run() -> dict[str, int]:
         if name == "one_process":
-            return load(servers[:1], REQUESTS)
+            return load(servers[:1], REQUESTS, path)
         if name == "moving":
-            first = load(servers[:1], 300)
-            rest = load(servers[1:2] if len(servers) > 1 else servers, REQUESTS - 300)
+            first = load(servers[:1], 300, path)
+            rest = load(servers[1:2] if len(servers) > 1 else servers, REQUESTS - 300, path)
             return {k: first[k] + rest[k] for k in first}
         if name == "broker_down":
             redis.stop()
-        return load(servers, REQUESTS)
+        return load(servers, REQUESTS, path)
 
     return run
 
 
-def measure(kind: str, name: str, budgets: bool, redis: RedisServer) -> dict[str, Any]:
+def measure(
+    kind: str, name: str, budgets: bool, redis: RedisServer, algorithm: str = "fixed_window"
+) -> dict[str, Any]:
     redis.start() if not redis.ping() else redis.command("FLUSHALL")
     servers = start(kind, env(redis, budgets))
     try:
@@ -106,20 +119,29 @@ def measure(kind: str, name: str, budgets: bool, redis: RedisServer) -> dict[str
             return {"kind": kind, "scenario": name, "budgets": budgets, "skipped": True}
         fresh_minute()
         started = time.monotonic()
-        result = scenario(name, servers, redis)()
+        result = scenario(name, servers, redis, PATHS[algorithm])()
         elapsed = time.monotonic() - started
         if name != "broker_down":
-            # Every process ends up agreeing on the count.
-            wait_for(lambda: len({s.state()["count"] for s in servers}) == 1, 10, "agreement")
-        return {
+            # Every process ends up agreeing on the count (a bucket's tokens in use
+            # fall as it refills: read a moment apart, they may differ by one).
+            def agreed() -> bool:
+                counts = [int(s.state(**STATE[algorithm])["count"]) for s in servers]
+                return max(counts) - min(counts) <= (algorithm != "fixed_window")
+
+            wait_for(agreed, 10, "agreement")
+        row: dict[str, Any] = {
             "kind": kind,
             "scenario": name,
+            "algorithm": algorithm,
             "budgets": budgets,
             "admitted": result["admitted"],
             "limited": result["limited"],
             "errors": result["errors"],
             "rate": round(REQUESTS / elapsed),
         }
+        if algorithm != "fixed_window":
+            row["refill"] = math.ceil(LIMIT * elapsed / 60)  # tokens back during the burst
+        return row
     finally:
         for server in servers:
             server.stop()
@@ -132,36 +154,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--algorithm", choices=sorted(PATHS), default="fixed_window")
+    parser.add_argument("--servers", choices=("uvicorn", "gunicorn"), nargs="+", default=None)
+    parser.add_argument("--scenarios", nargs="+", default=None)
+    parser.add_argument("--budgets", choices=("on", "off", "both"), default="both")
     args = parser.parse_args(argv)
-    kinds = ("uvicorn",) if args.quick else ("uvicorn", "gunicorn")
+    kinds = tuple(args.servers or (("uvicorn",) if args.quick else ("uvicorn", "gunicorn")))
     runs = args.runs or (1 if args.quick else 3)
     names: tuple[str, ...] = ("round_robin", "one_process", "moving", "broker_down")
     if args.quick:
         names = ("round_robin", "broker_down")
+    names = tuple(args.scenarios or names)
+    modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.budgets]
+    default_json = DEFAULT_JSON
+    if args.algorithm != "fixed_window":
+        default_json = DEFAULT_JSON.with_name(f"accuracy_{args.algorithm}.json")
     redis = RedisServer()
     redis.start()
     rows = []
     try:
         for kind in kinds:
             for name in names:
-                for budgets in (True, False):
+                for budgets in modes:
                     for _ in range(runs):
-                        row = measure(kind, name, budgets, redis)
+                        row = measure(kind, name, budgets, redis, args.algorithm)
                         rows.append(row)
                         if not row.get("skipped"):
                             print(
                                 f"{kind:8} {name:12} budgets={'on ' if budgets else 'off'} "
-                                f"admitted {row['admitted']:4} (limit {LIMIT}), "
+                                f"admitted {row['admitted']:4} (limit {LIMIT}"
+                                f"{', refill ' + str(row['refill']) if 'refill' in row else ''}), "
                                 f"{row['rate']} req/s, errors {row['errors']}",
                                 flush=True,
                             )
     finally:
         redis.close()
-    out = args.json or (None if args.quick else DEFAULT_JSON)
+    out = args.json or (None if args.quick else default_json)
     if out is not None:
         out.write_text(
             json.dumps(
-                {"machine": cpu_model(), "limit": LIMIT, "processes": PROCESSES, "rows": rows},
+                {
+                    "machine": cpu_model(),
+                    "algorithm": args.algorithm,
+                    "limit": LIMIT,
+                    "processes": PROCESSES,
+                    "rows": rows,
+                },
                 indent=2,
             )
             + "\n"

@@ -221,19 +221,32 @@ class Decider:
         start_level = carried_level(*previous, capacity, period)
         outcome: list[Decision] = []
 
-        def decide(total: int, register: int) -> tuple[int, int]:
+        def decide(total: int, register: int) -> tuple[int, int, float]:
             level = epoch_level(total, register, start_level, elapsed, capacity, period)
             admitted, decision = bucket_decision(level.level, cost, capacity, period)
             outcome.append(decision)
             # Rounding the register up only ever lowers the level: never over-admits.
-            return (cost if admitted and take else 0), math.ceil(level.register * REGISTER_SCALE)
+            taken = cost if admitted and take else 0
+            return taken, math.ceil(level.register * REGISTER_SCALE), level.level
 
         bucket_key = (group, stored, length, start)
+        budget = None
         if take:
-            self.store.take(bucket_key, now, decide)
+            taken, budget = self.store.take(bucket_key, now, decide, capacity, period)
+            if taken < 0:  # refused by this process's budget (see local.bucket_budget)
+                return over_budget(group, key, capacity, period, now, algorithm, name)
         else:
             decide(*self.store.read(bucket_key))
+            # A probe before the takes of several rates asks the budget too.
+            if (
+                cost > 0
+                and not outcome[0].should_limit
+                and not self.store.holds(bucket_key, cost, now)
+            ):
+                return over_budget(group, key, capacity, period, now, algorithm, name)
         in_use, limited, time_left = outcome[0]
+        if budget is not None:
+            in_use = max(in_use, capacity - budget)  # RateLimit's r: what this process may take
         return new_usage(
             group,
             key,

@@ -8,6 +8,7 @@ processes (no starvation).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,12 @@ REQUESTS = 1000
 PROCESSES = 4
 MOST = LIMIT + 3 + PROCESSES  # the target: 103, plus one per process
 LEAST = LIMIT - 3  # no starvation: at least 97
+TOKENS = "/cluster/tokens/"  # the same key, limited by a token bucket of 100 a minute
+
+
+def refilled(seconds: float) -> int:
+    """Tokens a bucket of 100 a minute gains back during a burst: they may be admitted too."""
+    return math.ceil(LIMIT * seconds / 60)
 
 
 def budget_env(redis: RedisServer) -> dict[str, str]:
@@ -102,3 +109,56 @@ def test_with_the_broker_gone_each_process_admits_its_share_only(
     assert result["errors"] == 0
     # Each process knows the others and admits its share of a fresh bucket: 100 // 4.
     assert result["admitted"] <= LIMIT + PROCESSES, result
+
+
+def test_a_token_bucket_under_round_robin_admits_its_capacity_plus_the_refill(
+    redis_db: RedisServer,
+    servers: Callable[..., DemoServer],  # noqa: F811
+) -> None:
+    nodes = started(redis_db, servers)
+    began = time.monotonic()
+    result = load(nodes, REQUESTS, path=TOKENS)
+    burst = time.monotonic() - began
+    assert result["errors"] == 0
+    # The bucket itself admits its 100 tokens plus what refills during the burst;
+    # the margin on top is the windows' (3, plus one per process for rounding).
+    assert result["admitted"] <= MOST + refilled(burst), (result, burst)
+    assert result["admitted"] >= LEAST, result  # round-robin: nobody's share is parked
+
+
+def test_a_token_bucket_with_the_broker_gone_admits_a_share_per_process(
+    redis_db: RedisServer,
+    servers: Callable[..., DemoServer],  # noqa: F811
+) -> None:
+    nodes = started(redis_db, servers)
+    redis_db.stop()
+    try:
+        began = time.monotonic()
+        result = load(nodes, REQUESTS, path=TOKENS)
+        burst = time.monotonic() - began
+    finally:
+        redis_db.start()
+    assert result["errors"] == 0
+    # Each process knows the others and takes an equal share, 100 // 4, then a
+    # quarter of the refill: the bucket's own bound, plus one per process.
+    assert result["admitted"] <= LIMIT + PROCESSES + refilled(burst), (result, burst)
+
+
+@pytest.mark.parametrize("split", [0, 300])
+def test_a_token_bucket_load_on_one_process_or_moving_is_not_starved(
+    split: int,
+    redis_db: RedisServer,
+    servers: Callable[..., DemoServer],  # noqa: F811
+) -> None:
+    nodes = started(redis_db, servers)
+    began = time.monotonic()
+    if split:
+        first = load(nodes[:1], split, path=TOKENS)
+        rest = load(nodes[1:2], REQUESTS - split, path=TOKENS)
+        admitted = first["admitted"] + rest["admitted"]
+    else:
+        admitted = load(nodes[:1], REQUESTS, path=TOKENS)["admitted"]
+    burst = time.monotonic() - began
+    # The shares follow the recent rate: what another process was promised and
+    # does not use lapses within a second, so the busy one gets the bucket.
+    assert LEAST <= admitted <= MOST + refilled(burst), (admitted, burst)

@@ -3,7 +3,8 @@
 ``CounterStore`` inherits this: the request path asks ``_add_planned`` whether
 a hit fits this process's budget, and the sync thread calls ``rebudget`` with
 each new picture of the cluster (a peer's counts arrived, or this process sent
-its own). The arithmetic is in ``budgets``.
+its own). The arithmetic is in ``budgets`` (and ``bucket_budget`` for the
+token and leaky buckets, whose request path is ``_take_budgeted``).
 """
 
 from __future__ import annotations
@@ -12,30 +13,23 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .budgets import BUDGET_HEADROOM, IDLE_ROUNDS, MIN_IDLE, budget_shares, initial_budget
+from .bucket_budget import BucketPlan, fresh_plan, level_now, replan_bucket
+from .budgets import (
+    BUDGET_HEADROOM,
+    IDLE_ROUNDS,
+    MIN_IDLE,
+    budget_shares,
+    initial_budget,
+    reserve,
+)
+from .budgets import (
+    Plan as Plan,  # re-exported: the store and the tests import it from here
+)
 
 CUT_OFF_SLICE = 1000  # buckets planned per hold of the store's lock when cut off
 
 if TYPE_CHECKING:
     from .store import Bucket, BucketKey
-
-
-class Plan:
-    """A bucket near its limit: how far each process's own count may go.
-
-    ``levels`` are the promises of the last allocation, (level, when) per
-    process, this one included: a process may count up to its level. A
-    promise not yet used up still reserves its hits for ``promise_ttl`` after it
-    was made, so a new picture cannot hand them out twice; then it lapses and
-    what was left of it flows back.
-    """
-
-    __slots__ = ("allowed", "grew_at", "levels")
-
-    def __init__(self, allowed: int, levels: dict[str, tuple[int, float]]) -> None:
-        self.allowed = allowed  # this process's own level
-        self.levels = levels
-        self.grew_at: dict[str, float] = {}  # when each origin's count last grew
 
 
 class BudgetedStore:
@@ -49,6 +43,15 @@ class BudgetedStore:
 
     def _queue(self, bucket_key: BucketKey, bucket: Bucket) -> None:
         raise NotImplementedError
+
+    def read(self, bucket_key: BucketKey) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _counts(self, bucket: Bucket) -> dict[str, int]:
+        """Every origin's count of a bucket, this process's own included (no registers)."""
+        counts = {o: c for o, c in bucket.remote.items() if o[0] != "~"}
+        counts[self.origin] = bucket.local
+        return counts
 
     # -- the request path (the caller holds the lock) --------------------------------
 
@@ -88,6 +91,38 @@ class BudgetedStore:
         # What remains for this process, as the count a limit of ``limit`` leaves.
         return max(total, limit - (plan.allowed - local))
 
+    def _take_budgeted(
+        self,
+        bucket_key: BucketKey,
+        bucket: Bucket,
+        amount: int,
+        now: float,
+        level: float,
+        capacity: int,
+        period: int,
+    ) -> int:
+        """A token or leaky bucket in a cluster: what this process may still take after
+        ``amount``, or -1 when its budget does not hold ``amount`` (then nothing is taken).
+        """
+        plan = bucket.plan
+        if not isinstance(plan, BucketPlan):
+            counts = self._counts(bucket)
+            plan = fresh_plan(self.origin, self.members, counts, level, capacity, period, now)
+            bucket.plan = plan
+        if not plan.take(amount, now):
+            # Not taken; the bucket goes out with the next round, whose picture
+            # brings a new budget.
+            if self.track_dirty:
+                self._queue(bucket_key, bucket)
+            return -1
+        return plan.room(now)
+
+    def holds(self, bucket_key: BucketKey, cost: int, now: float) -> bool:
+        """Whether this process's budget of a token or leaky bucket holds ``cost`` (a probe)."""
+        bucket = self._buckets.get(bucket_key)  # a dict read is atomic
+        plan = bucket.plan if bucket is not None else None
+        return not isinstance(plan, BucketPlan) or plan.room(now) >= cost
+
     # -- the sync thread -------------------------------------------------------------
 
     def rebudget(
@@ -104,9 +139,16 @@ class BudgetedStore:
         with self._lock:
             for bucket_key in bucket_keys:
                 bucket = self._buckets.get(bucket_key)
-                if bucket is None or not bucket.limit:
+                if bucket is None:
                     continue
                 plan = bucket.plan
+                if isinstance(plan, BucketPlan):
+                    bucket.plan = self._replan_bucket(
+                        bucket_key, bucket, plan, members, now, round_time
+                    )
+                    continue
+                if not bucket.limit:
+                    continue
                 if plan is None:
                     # Far from the limit at the rate it fills (most buckets, most of the
                     # time): nothing to compute. budget_for() makes the same test.
@@ -115,8 +157,7 @@ class BudgetedStore:
                     remaining = bucket.limit - bucket.total
                     if remaining > headroom * rate * round_time + processes:
                         continue
-                counts = {o: c for o, c in bucket.remote.items() if o[0] != "~"}
-                counts[self.origin] = bucket.local
+                counts = self._counts(bucket)
                 bucket.plan = replan(
                     plan,
                     self.origin,
@@ -158,6 +199,22 @@ class BudgetedStore:
                     levels[self.origin] = (bucket.local + share, lapsed)
                     bucket.plan = Plan(bucket.local + share, levels)
 
+    def _replan_bucket(
+        self,
+        bucket_key: BucketKey,
+        bucket: Bucket,
+        plan: BucketPlan,
+        members: list[str],
+        now: float,
+        round_time: float,
+    ) -> BucketPlan | None:
+        group, key, length, start = bucket_key
+        taken, register = self.read(bucket_key)
+        previous = self.read((group, key, length, start - length))
+        level = level_now(taken, register, previous, plan.capacity, plan.period, now - start)
+        counts = self._counts(bucket)
+        return replan_bucket(plan, self.origin, counts, members, taken, level, now, round_time)
+
     def planned(self, now: float) -> dict[BucketKey, dict[str, int]]:
         """Buckets in budget mode here, with the level each process may count up to."""
         with self._lock:
@@ -183,13 +240,7 @@ def replan(
     prior = plan.levels if plan is not None else {}
     grew_at = plan.grew_at if plan is not None else {}
     ttl = max(MIN_IDLE, IDLE_ROUNDS * round_time)
-    levels: dict[str, tuple[int, float]] = {}
-    for o in {*counts, *members, *prior}:
-        level, made = counts.get(o, 0), now
-        promised = prior.get(o)
-        if promised is not None and promised[0] > level and now - promised[1] <= ttl:
-            level, made = promised  # not used up yet: still reserved
-        levels[o] = (level, made)
+    levels = reserve(prior, counts, members, now, ttl)
     reserved = sum(level for level, _ in levels.values())
     shares = budget_shares(
         origin, limit, reserved, counts, grew_at, members, elapsed, now, round_time, headroom

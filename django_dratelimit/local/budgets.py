@@ -121,3 +121,42 @@ def budget_shares(
         return None
     idle_after = max(MIN_IDLE, IDLE_ROUNDS * round_time)
     return allocate(remaining, weights(counts, last_grew, members, elapsed, now, idle_after))
+
+
+class Plan:
+    """A bucket near its limit: how far each process's own count may go.
+
+    ``levels`` are the promises of the last allocation, (level, when) per
+    process, this one included: a process may count up to its level. A
+    promise not yet used up still reserves its hits for ``promise_ttl`` after it
+    was made, so a new picture cannot hand them out twice; then it lapses and
+    what was left of it flows back.
+    """
+
+    __slots__ = ("allowed", "grew_at", "levels")
+
+    def __init__(self, allowed: int, levels: dict[str, tuple[int, float]]) -> None:
+        self.allowed = allowed  # this process's own level
+        self.levels = levels
+        self.grew_at: dict[str, float] = {}  # when each origin's count last grew
+
+
+def reserve(
+    prior: Mapping[str, tuple[int, float]],
+    counts: Mapping[str, int],
+    members: Iterable[str],
+    now: float,
+    ttl: float,
+) -> dict[str, tuple[int, float]]:
+    """Each process's level before a new allocation: its count, or its promise if not used up.
+
+    A promise younger than ``ttl`` may still be in use: it stays reserved.
+    """
+    levels: dict[str, tuple[int, float]] = {}
+    for o in {*counts, *members, *prior}:
+        level, made = counts.get(o, 0), now
+        promised = prior.get(o)
+        if promised is not None and promised[0] > level and now - promised[1] <= ttl:
+            level, made = promised  # not used up yet: still reserved
+        levels[o] = (level, made)
+    return levels

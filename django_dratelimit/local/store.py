@@ -175,28 +175,38 @@ class CounterStore(BudgetedStore):
         self,
         bucket_key: BucketKey,
         now: float,
-        decide: Callable[[int, int], tuple[int, int]],
-    ) -> int:
-        """Atomically: ``decide(total, register)`` says how much to add and the new register.
+        decide: Callable[[int, int], tuple[int, int, float]],
+        capacity: int = 0,
+        period: int = 0,
+    ) -> tuple[int, int | None]:
+        """Atomically: ``decide(total, register)`` says how much to add, the new register
+        and the bucket's level.
 
         Used by the token and leaky buckets, whose decision depends on the
-        current state; returns the amount added.
+        current state. Returns the amount added and, in a cluster (given the
+        bucket's ``capacity`` and ``period``), what this process's budget still
+        holds (see ``bucket_budget``); an amount of -1 is a refusal by that budget.
         """
         with self._lock:
             bucket = self._buckets.get(bucket_key)
             total, register = (bucket.total, bucket.remote.get(REGISTER, 0)) if bucket else (0, 0)
-            amount, new_register = decide(total, register)
+            amount, new_register, level = decide(total, register)
             if amount <= 0:
-                return 0
+                return 0, None
             if bucket is None:
                 bucket = self._create(bucket_key, now)
+            room = None
+            if capacity and self.processes > 1:
+                room = self._take_budgeted(bucket_key, bucket, amount, now, level, capacity, period)
+                if room < 0:
+                    return -1, 0
             bucket.local += amount
             bucket.total += amount
             if new_register > register:
                 bucket.remote[REGISTER] = new_register
             if self.track_dirty:
                 self._queue(bucket_key, bucket)
-            return amount
+            return amount, room
 
     def _queue(self, bucket_key: BucketKey, bucket: Bucket) -> None:
         # Caller holds the lock. Queued once per round, however many hits it takes.

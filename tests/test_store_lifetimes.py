@@ -182,7 +182,7 @@ def test_resets_and_re_creations_leave_bounded_bookkeeping() -> None:
         store.reset("g", "hot", generation=i + 1)
     store.add(bk("hot"), 1, NOW + 6.0)
     lifetimes = store._lifetimes
-    bound = 2 * len(store) + 1024 + 1000  # the compaction's threshold, plus a second's worth
+    bound = len(store) * 5 // 4 + 1024 + 1000  # compaction threshold + a second of creations
     assert len(lifetimes._created) <= bound
     assert lifetimes._ending_count == sum(map(len, lifetimes._ending.values())) <= bound
     # The live bucket is still swept when its window ends, and evicted in its turn.
@@ -190,6 +190,44 @@ def test_resets_and_re_creations_leave_bounded_bookkeeping() -> None:
         store.add(bk(f"k{i}"), 1, NOW + 6.0)
     assert store.total(bk("hot")) == 0
     assert store.evictions == 1
+
+
+def test_a_flood_between_two_sweeps_leaves_bounded_bookkeeping() -> None:
+    # Every eviction leaves the evicted key listed under its window's end; with the
+    # clock standing still no sweep runs, so the evictions must compact it themselves.
+    store = CounterStore(max_keys=100, origin="me")
+    for i in range(5000):
+        store.add(bk(f"flood{i}"), 1, NOW)
+    assert store.evictions == 4900
+    assert store._lifetimes._ending_count == len(store._lifetimes._created) == 100
+
+
+def test_staggered_windows_share_a_few_sweep_lists() -> None:
+    # STAGGER_WINDOWS: each key's day starts at its own second, so its bucket ends at
+    # its own second; the sweep lists them by a 64th of the day (1,350 s), not by second.
+    store = CounterStore(max_keys=1000, origin="me")
+    day = 86400
+    base = S - S % day
+    for i in range(1000):
+        store.add(bk(f"k{i}", period=day, start=base - 7 * i), 1, NOW)
+    assert len(store._lifetimes._ending) <= 7000 // 1350 + 2  # the ends span 7,000 s
+    # Never swept before its end; swept within 1,350 s after it.
+    last = bk("k999", period=day, start=base - 7 * 999)
+    end = base - 7 * 999 + 2 * day
+    store.add(bk("a", period=day, start=end - day), 1, end - 0.5)
+    assert store.total(last) == 1
+    store.add(bk("b", period=day, start=end - day), 1, end + day // 64)
+    assert store.total(last) == 0
+
+
+def test_buckets_that_ended_are_not_kept_alive_by_the_bookkeeping(store: CounterStore) -> None:
+    for i in range(500):
+        store.add(bk(f"k{i}"), 1, NOW)
+    later = bk("next", start=S + 2 * PERIOD)
+    store.add(later, 1, S + 2 * PERIOD + 0.5)  # sweeps the first window's buckets
+    assert len(store) == 1
+    assert list(store._lifetimes._created) == [store._buckets[later]]
+    assert store._lifetimes._ending_count == 1
 
 
 @pytest.mark.parametrize("made_by", ["add", "merge"])

@@ -220,6 +220,23 @@ def test_staggered_windows_share_a_few_sweep_lists() -> None:
     assert store.total(last) == 0
 
 
+def test_the_dict_of_buckets_is_copied_smaller_under_churn_and_nothing_is_lost() -> None:
+    # 5,000 keys through a store of 100: the dict is copied every 1,074 deletions,
+    # in the middle of one merge; a key sent twice must find its bucket in the copy.
+    store = CounterStore(max_keys=100, origin="me")
+    first = store._buckets
+    names = [f"k{i}" for i in range(5000)]
+    entries = [Entry(*bk(n), 0, count, 0) for n in names for count in (1, 2)]
+    assert store.merge("A", entries, NOW) == 10_000
+    assert store._buckets is not first
+    assert store._lifetimes._buckets is store._buckets
+    assert store.evictions == 4900  # one bucket a key, not one an entry
+    assert [store.total(bk(n)) for n in names[-100:]] == [2] * 100
+    store.add(bk("new"), 1, NOW)
+    assert store.total(bk("new")) == 1
+    assert len(store) == 100
+
+
 def test_buckets_that_ended_are_not_kept_alive_by_the_bookkeeping(store: CounterStore) -> None:
     for i in range(500):
         store.add(bk(f"k{i}"), 1, NOW)

@@ -45,6 +45,11 @@ class Lifetimes:
         self._ending: dict[int, deque[BucketKey]] = {}
         self._ends: list[int] = []  # the heap of _ending's times
         self._ending_count = 0
+        self.deleted = 0  # buckets swept or evicted (see CounterStore._shrink)
+
+    def rebind(self, buckets: dict[BucketKey, Bucket]) -> None:
+        """The store copied its dict of buckets: keep the copy's."""
+        self._buckets = buckets
 
     def created(self, bucket: Bucket) -> None:
         self._created.append(bucket)
@@ -67,7 +72,8 @@ class Lifetimes:
             keys = self._ending.pop(heapq.heappop(ends))
             self._ending_count -= len(keys)
             for bucket_key in keys:
-                buckets.pop(bucket_key, None)  # a key may be listed twice (re-created)
+                if buckets.pop(bucket_key, None) is not None:  # listed twice if re-created
+                    self.deleted += 1
         created = self._created
         while created and buckets.get(created[0].key) is not created[0]:
             created.popleft()  # ended (most windows end in the order they began)
@@ -110,6 +116,7 @@ class Lifetimes:
                 tries += 1
                 continue
             del buckets[bucket.key]
+            self.deleted += 1
             # Its key leaves the front of its sweep list too (created in the same
             # order), or a flood's keys would pile up there until the next sweep;
             # one that is not at the front is stale until a compaction.

@@ -56,6 +56,7 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
         self._buckets: dict[BucketKey, Bucket] = {}
         self._lifetimes = Lifetimes(self._buckets)
         self._next_sweep = 0.0
+        self._starts: dict[int, int] = {}  # this second's window starts (see _create)
         self._generations = Generations()
         # Buckets changed by local hits since the last round, in the order they changed;
         # a key can appear twice (deleted, then re-created), take_dirty() sends it once.
@@ -93,6 +94,7 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
             bucket = self._buckets.get(bucket_key)
             if bucket is None:
                 bucket = self._create(bucket_key, now)
+                bucket_key = bucket.key  # the store's own (see _create)
             if bucket.limit != limit:
                 self._new_limit(bucket, limit, now)
             if bucket.plan is not None:
@@ -160,8 +162,12 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
             self._sweep(now)
         if len(self._buckets) >= self.max_keys:
             self._evict_oldest(now)
+        group, key, period, start = bucket_key
         if generation is None:
-            generation = self._generations.of(bucket_key[0], bucket_key[1])
+            generation = self._generations.of(group, key)
+        # One int a window start, not one a bucket (32 bytes): the request path
+        # computes it afresh for every key, a peer's message decodes one per entry.
+        bucket_key = (group, key, period, self._starts.setdefault(start, start))
         bucket = self._buckets[bucket_key] = Bucket(bucket_key, generation)
         self._lifetimes.created(bucket)
         return bucket
@@ -169,14 +175,27 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
     def _sweep(self, now: float) -> None:
         """Drop the buckets that ended, at most once a second."""
         self._next_sweep = now + 1.0
+        self._starts = {}
         self._lifetimes.sweep(now)
+        self._shrink()
         if len(self._dirty) > 2 * len(self._buckets) + 1024:
             # Not drained for a while (broker down): drop the keys of buckets gone since.
             self._dirty = [k for k, b in self._buckets.items() if b.dirty]
         self._generations.forget_old(self.max_keys)
 
+    def _shrink(self) -> None:
+        # A dict whose keys come and go grows its table to three times its keys at its
+        # next resize (CPython's policy; 104 bytes a bucket at 100,000, not 52). A copy
+        # is sized for the keys it has: make one before that, after half of them went.
+        # (So no caller may keep ``self._buckets`` in a local across a ``_create``.)
+        if self._lifetimes.deleted > len(self._buckets) // 2 + 1024:
+            self._buckets = dict(self._buckets)
+            self._lifetimes.rebind(self._buckets)
+            self._lifetimes.deleted = 0
+
     def _evict_oldest(self, now: float) -> None:
         self._lifetimes.evict_oldest(now)
+        self._shrink()
         self.evictions += 1
         if now - self._last_eviction_warning >= EVICTION_WARNING_EVERY:
             self._last_eviction_warning = now
@@ -207,14 +226,13 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
         """Max-merge ``origin``'s absolute counts (``Entry`` fields); return how many grew."""
         changed = 0
         own = origin == self.origin
-        buckets = self._buckets
         generations = self._generations
         with self._lock:
             for group, key, period, start, generation, count, register in entries:
                 if start + 2 * period <= now:
                     continue
                 bucket_key = (group, key, period, start)
-                bucket = buckets.get(bucket_key)
+                bucket = self._buckets.get(bucket_key)  # not kept in a local: see _shrink
                 # A live bucket is of its key's current generation (a reset drops the
                 # older ones): the same generation needs no reset bookkeeping.
                 if bucket is None or generation != bucket.generation:
@@ -223,7 +241,7 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
                         continue  # counted before a reset this process already knows of
                     if generation > current:
                         self._apply_reset(ResetState(group, key, generation))
-                    bucket = buckets.get(bucket_key)
+                    bucket = self._buckets.get(bucket_key)
                     if bucket is None:
                         bucket = self._create(bucket_key, now, generation)
                 grew = False

@@ -48,8 +48,9 @@ class Lifetimes:
         self.deleted = 0  # buckets swept or evicted (see CounterStore._shrink)
 
     def rebind(self, buckets: dict[BucketKey, Bucket]) -> None:
-        """The store copied its dict of buckets: keep the copy's."""
+        """The store copied its dict of buckets: keep the copy, count deletions afresh."""
         self._buckets = buckets
+        self.deleted = 0
 
     def created(self, bucket: Bucket) -> None:
         self._created.append(bucket)

@@ -191,7 +191,6 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
         if self._lifetimes.deleted > len(self._buckets) // 2 + 1024:
             self._buckets = dict(self._buckets)
             self._lifetimes.rebind(self._buckets)
-            self._lifetimes.deleted = 0
 
     def _evict_oldest(self, now: float) -> None:
         self._lifetimes.evict_oldest(now)

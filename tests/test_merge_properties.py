@@ -228,7 +228,7 @@ def test_resets_converge_under_any_delivery(
     # Both know the same reset for every key (a merge may record a group's reset per key).
     for group in GROUPS:
         for key in KEYS:
-            assert messy._generation(group, key) == in_order._generation(group, key)
+            assert messy._generations.of(group, key) == in_order._generations.of(group, key)
 
 
 @hsettings(max_examples=100, deadline=None)

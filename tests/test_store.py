@@ -1,20 +1,19 @@
-"""The local counter store: G-counter buckets, expiry, eviction, dirty tracking, resets, fork."""
+"""The local counter store: G-counter buckets, merges, dirty tracking, fork, threads.
+
+Expiry and eviction: ``test_store_lifetimes``; resets: ``test_store_resets``.
+"""
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 
 import pytest
 
 from django_dratelimit.local.store import (
-    EVICTION_WARNING_EVERY,
     BucketKey,
     BucketState,
     CounterStore,
     Entry,
-    ResetState,
 )
 
 PERIOD = 60
@@ -178,140 +177,34 @@ def test_bucket_state_total() -> None:
     assert state({}).total == 0
 
 
-# -- expiry -----------------------------------------------------------------------------
+def test_one_peers_count_needs_no_dict_until_a_second_origin_or_a_register(
+    store: CounterStore,
+) -> None:
+    merge(store, [state({"A": 2})], NOW)
+    bucket = store._buckets[bk()]
+    assert (bucket.peer, bucket.peer_count, bucket.others) == ("A", 2, None)
+    merge(store, [state({"A": 3})], NOW)
+    assert (bucket.peer, bucket.peer_count, bucket.others) == ("A", 3, None)
+    merge(store, [state({"B": 1})], NOW)
+    assert (bucket.peer, bucket.others) == (None, {"A": 3, "B": 1})
+    assert store.total(bk()) == 4
+    assert states(store, [bk()]) == [state({"A": 3, "B": 1})]
 
 
-def test_expired_buckets_are_swept_when_a_bucket_is_created(store: CounterStore) -> None:
-    store.track_dirty = True
-    store.add(bk("old"), 3, float(S))
-    # Still inside its lifetime (start + 2 periods): kept.
-    store.add(bk("a", start=S + PERIOD), 1, S + 2 * PERIOD - 0.5)
-    assert store.total(bk("old")) == 3
-    # After start + 2 periods it has expired (sweeps are a second apart).
-    store.add(bk("b", start=S + 2 * PERIOD), 1, S + 2 * PERIOD + 0.5)
-    assert store.total(bk("old")) == 0
-    assert len(store) == 2
-    assert {(s.key, s.window_start) for s in store.take_dirty()} == {
-        ("a", S + PERIOD),
-        ("b", S + 2 * PERIOD),
-    }
-
-
-def test_sweeping_runs_at_most_once_a_second(store: CounterStore) -> None:
-    store.add(bk("old"), 1, float(S))
-    store.add(bk("a", start=S + PERIOD), 1, S + 2 * PERIOD - 0.5)  # sweeps, keeps "old"
-    store.add(bk("b", start=S + 2 * PERIOD), 1, S + 2 * PERIOD + 0.25)  # too soon to sweep
-    assert store.total(bk("old")) == 1
-    store.add(bk("c", start=S + 2 * PERIOD), 1, S + 2 * PERIOD + 0.5)  # a second later
-    assert store.total(bk("old")) == 0
-
-
-def test_live_states_skip_expired_buckets_even_before_a_sweep(store: CounterStore) -> None:
-    store.add(bk(), 1, NOW)
-    assert len(store.live_states(S + 2 * PERIOD - 0.001)) == 1
-    assert store.live_states(float(S + 2 * PERIOD)) == []
-    assert len(store) == 1  # not swept: nothing was created since
-
-
-def test_longer_periods_live_longer(store: CounterStore) -> None:
-    hour = S - S % 3600
-    store.add(bk("h", period=3600, start=hour), 1, NOW)
-    store.add(bk("m"), 1, NOW)
-    store.add(bk("x", start=hour + 7200), 1, float(hour + 7199))
-    assert store.total(bk("h", period=3600, start=hour)) == 1
-    assert store.total(bk("m")) == 0
-
-
-# -- MAX_KEYS -----------------------------------------------------------------------------
-
-
-def _eviction_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [
-        r
-        for r in caplog.records
-        if r.name == "django_dratelimit" and r.levelno == logging.WARNING and "MAX_KEYS" in r.msg
+def test_a_register_joins_a_peers_count(store: CounterStore) -> None:
+    merge(store, [state({"A": 2})], NOW)
+    merge(store, [state({"A": 2}, key="m")], NOW)
+    store.merge("A", [Entry("g", "m", PERIOD, S, 0, 2, 9)], NOW)  # a register by merge
+    assert store.take(bk(), NOW, lambda total, register: (1, 7)) == 1  # and by take
+    assert store.read(bk()) == (3, 7)
+    assert store.read(bk("m")) == (2, 9)
+    assert states(store, [bk(), bk("m")]) == [
+        state({"A": 2, "me": 1, "~max": 7}),
+        state({"A": 2, "~max": 9}, key="m"),
     ]
-
-
-def test_max_keys_evicts_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
-    store = CounterStore(max_keys=3, origin="me")
-    hour = S - S % 3600
-    keys = [bk(f"k{i}", period=3600, start=hour) for i in range(6)]
-    with caplog.at_level(logging.WARNING, logger="django_dratelimit"):
-        for key in keys[:3]:
-            store.add(key, 1, NOW)
-        store.add(keys[0], 1, NOW)  # touching a bucket does not make it younger
-        assert _eviction_warnings(caplog) == []
-        store.add(keys[3], 1, NOW)
-        assert len(store) == 3
-        assert store.evictions == 1
-        assert store.total(keys[0]) == 0
-        assert [store.total(k) for k in keys[1:4]] == [1, 1, 1]
-        store.add(keys[4], 1, NOW + EVICTION_WARNING_EVERY - 1)
-        assert store.evictions == 2
-        assert store.total(keys[1]) == 0
-        assert len(_eviction_warnings(caplog)) == 1  # one warning a minute
-        store.add(keys[5], 1, NOW + EVICTION_WARNING_EVERY)
-        assert store.evictions == 3
-    warnings = _eviction_warnings(caplog)
-    assert len(warnings) == 2
-    assert "MAX_KEYS=3" in warnings[0].getMessage()
-    assert "3 evicted so far" in warnings[1].getMessage()
-
-
-def test_a_flood_of_long_windows_does_not_evict_a_new_short_one_first() -> None:
-    # A login limited by username at 5/d and by IP at 10/m, an attacker trying a
-    # new username each time: the IP's minute bucket must outlive the next creations.
-    store = CounterStore(max_keys=10, origin="me")
-    day = S - S % 86400
-    ip = bk("203.0.113.7", group="ip")
-    for i in range(10):
-        store.add(bk(f"user{i}", group="user", period=86400, start=day), 1, NOW)
-        store.add(ip, 1, NOW)
-    assert store.total(ip) == 10
-
-
-def test_a_unique_key_flood_evicts_in_creation_order() -> None:
-    # Creation order, not key order: a bucket created last is never the next to go.
-    store = CounterStore(max_keys=100, origin="me")
-    keys = [bk(f"k{i:05d}"[::-1]) for i in range(5000)]  # names out of sorted order
-    for key in keys:
-        store.add(key, 1, NOW)
-    assert store.evictions == 4900
-    assert [store.total(k) for k in keys[-100:]] == [1] * 100
-
-
-def test_eviction_after_resets_left_stale_entries() -> None:
-    store = CounterStore(max_keys=3, origin="me")
-    for name in "abc":
-        store.add(bk(name), 1, NOW)
-    store.reset("g", "a")  # its heap entry is now stale
-    store.add(bk("a"), 1, NOW)  # re-created: the youngest
-    store.add(bk("d"), 1, NOW)
-    assert len(store) == 3
-    assert store.total(bk("b")) == 0  # b, the oldest live bucket, went
-    assert [store.total(bk(n)) for n in "cad"] == [1, 1, 1]
-
-
-def test_eviction_by_merge_and_dirty_cleanup() -> None:
-    store = CounterStore(max_keys=2, origin="me")
-    store.track_dirty = True
-    store.add(bk("a"), 1, NOW)
-    merge(store, [state({"A": 1}, key="b"), state({"A": 1}, key="c")], NOW)
-    assert len(store) == 2
-    assert store.total(bk("a")) == 0
-    assert store.take_dirty() == []  # the evicted bucket is not sent
-
-
-def test_existing_buckets_are_never_evicted_by_their_own_hits() -> None:
-    store = CounterStore(max_keys=2, origin="me")
-    store.add(bk("a"), 1, NOW)
-    store.add(bk("b"), 1, NOW)
-    for _ in range(10):
-        store.add(bk("a"), 1, NOW)
-        store.add(bk("b"), 1, NOW)
-    assert store.evictions == 0
-    assert store.total(bk("a")) == store.total(bk("b")) == 11
+    assert store.relay_entries(NOW, exclude=[]) == {
+        "A": [Entry("g", "k", PERIOD, S, 0, 2, 7), Entry("g", "m", PERIOD, S, 0, 2, 9)]
+    }
 
 
 # -- dirty tracking and states --------------------------------------------------------------
@@ -362,7 +255,7 @@ def test_a_bucket_reset_and_counted_again_is_sent_once() -> None:
     store.add(bk("a"), 1, NOW)
     store.reset("g", "a")
     store.add(bk("a"), 2, NOW)  # a new bucket: queued again
-    generation = store._generation("g", "a")
+    generation = store._generations.of("g", "a")
     assert store.take_dirty() == [entry(2, key="a", generation=generation)]
 
 
@@ -424,144 +317,6 @@ def test_live_states_own_entries_and_relays(store: CounterStore) -> None:
     }
     assert store.origins(NOW) == {"me", "A", "B"}
     assert store.own_entries(S + 2 * PERIOD) == []  # windows that ended are not sent
-
-
-# -- resets and generations -------------------------------------------------------------------
-
-
-def test_reset_a_key(store: CounterStore) -> None:
-    store.add(bk("a"), 3, NOW)
-    store.add(bk("a", start=S - PERIOD), 3, NOW)
-    store.add(bk("b"), 3, NOW)
-    assert store.reset("g", "a", generation=100) == 2
-    assert store.total(bk("a")) == 0
-    assert store.total(bk("a", start=S - PERIOD)) == 0
-    assert store.total(bk("b")) == 3
-    assert store.add(bk("a"), 1, NOW) == 1
-    assert states(store, [bk("a")]) == [state({"me": 1}, key="a", generation=100)]
-    assert states(store, [bk("b")])[0].generation == 0
-
-
-def test_reset_a_group(store: CounterStore) -> None:
-    store.add(bk("a"), 3, NOW)
-    store.add(bk("b"), 3, NOW)
-    store.add(bk("a", group="h"), 3, NOW)
-    assert store.reset("g", generation=100) == 2
-    assert store.total(bk("a")) == store.total(bk("b")) == 0
-    assert store.total(bk("a", group="h")) == 3
-    store.add(bk("c"), 1, NOW)
-    assert states(store, [bk("c")])[0].generation == 100
-
-
-def test_reset_without_generation_uses_the_wall_clock(store: CounterStore) -> None:
-    before = time.time_ns()
-    store.add(bk(), 1, NOW)
-    assert store.reset("g", "k") == 1
-    store.add(bk(), 1, NOW)
-    generation = states(store, [bk()])[0].generation
-    assert before <= generation <= time.time_ns()
-
-
-def test_a_merge_from_an_older_generation_is_dropped(store: CounterStore) -> None:
-    store.reset("g", "k", generation=100)
-    assert merge(store, [state({"A": 7}, generation=50)], NOW) == 0
-    assert merge(store, [state({"A": 7}, generation=0)], NOW) == 0
-    assert store.total(bk()) == 0
-    assert len(store) == 0
-    assert merge(store, [state({"A": 7}, generation=100)], NOW) == 1
-    assert store.total(bk()) == 7
-
-
-def test_a_merge_from_an_older_group_generation_is_dropped(store: CounterStore) -> None:
-    store.reset("g", generation=100)
-    assert merge(store, [state({"A": 7}, key="any", generation=99)], NOW) == 0
-    assert store.total(bk("any")) == 0
-
-
-def test_a_merge_from_a_newer_generation_adopts_it(store: CounterStore) -> None:
-    store.add(bk(), 5, NOW)
-    store.add(bk(start=S - PERIOD), 5, NOW)
-    merge(store, [state({"A": 9})], NOW)
-    store.add(bk("other"), 1, NOW)
-    # Another process reset the key and has counted 2 hits since.
-    assert merge(store, [state({"B": 2}, generation=200)], NOW) == 1
-    assert store.total(bk()) == 2  # our 5 and A's 9 were before the reset
-    assert store.total(bk(start=S - PERIOD)) == 0
-    assert store.total(bk("other")) == 1
-    assert states(store, [bk()]) == [state({"B": 2}, generation=200)]
-    # The adopted generation now rules: older counts cannot come back.
-    assert merge(store, [state({"A": 9})], NOW) == 0
-    assert store.total(bk()) == 2
-    # New local hits carry it.
-    store.add(bk(), 1, NOW)
-    assert states(store, [bk()]) == [state({"B": 2, "me": 1}, generation=200)]
-
-
-def test_apply_resets_is_idempotent(store: CounterStore) -> None:
-    store.add(bk("a"), 1, NOW)
-    store.add(bk("b"), 1, NOW)
-    resets = [ResetState("g", "a", 100), ResetState("g", None, 50)]
-    assert store.apply_resets(resets) == 2
-    store.add(bk("a"), 1, NOW)
-    store.add(bk("b"), 1, NOW)
-    assert store.apply_resets(resets) == 0
-    assert store.apply_resets(resets + resets) == 0
-    assert store.total(bk("a")) == store.total(bk("b")) == 1
-    # An older reset arriving late changes nothing either.
-    assert store.apply_resets([ResetState("g", "a", 10), ResetState("g", None, 10)]) == 0
-    assert store.total(bk("a")) == 1
-    assert states(store, [bk("a")])[0].generation == 100
-    assert states(store, [bk("b")])[0].generation == 50
-
-
-def test_a_key_reset_older_than_the_group_reset_does_nothing(store: CounterStore) -> None:
-    store.reset("g", generation=100)
-    store.add(bk("a"), 1, NOW)
-    assert store.apply_resets([ResetState("g", "a", 90)]) == 0
-    assert store.total(bk("a")) == 1
-
-
-def test_resets_travel_when_tracked(store: CounterStore) -> None:
-    store.reset("g", "untracked", generation=5)
-    assert store.take_pending_resets() == []
-    store.track_dirty = True
-    store.reset("g", "a", generation=100)
-    store.reset("g", generation=200)
-    store.apply_resets([ResetState("h", None, 300)])  # heard from others: not re-sent
-    assert store.take_pending_resets() == [ResetState("g", "a", 100), ResetState("g", None, 200)]
-    assert store.take_pending_resets() == []
-
-
-def test_reset_drops_dirty_entries(store: CounterStore) -> None:
-    store.track_dirty = True
-    store.add(bk("a"), 1, NOW)
-    store.reset("g", "a", generation=100)
-    assert store.take_dirty() == []
-
-
-def test_reset_states_remember_recent_resets(store: CounterStore) -> None:
-    recent = time.time_ns()
-    store.reset("g", "a", generation=recent)
-    store.reset("h", generation=recent + 1)
-    store.reset("g", "ancient", generation=1)  # older than any live bucket: forgotten
-    assert sorted(store.reset_states(), key=lambda r: r.generation) == [
-        ResetState("g", "a", recent),
-        ResetState("h", None, recent + 1),
-    ]
-
-
-def test_a_local_reset_wins_after_adopting_a_generation_from_a_clock_ahead(
-    store: CounterStore,
-) -> None:
-    # A peer whose clock runs 30 s ahead (the protocol accepts up to 60 s) reset the key;
-    # this process adopted that generation with the peer's hits.
-    ahead = time.time_ns() + 30 * 10**9
-    merge(store, [state({"B": 1}, generation=ahead)], NOW)
-    store.add(bk(), 4, NOW)
-    assert store.total(bk()) == 5
-    # An operator now resets the key here: it must take effect.
-    assert store.reset("g", "k") == 1
-    assert store.total(bk()) == 0
 
 
 # -- fork ---------------------------------------------------------------------------------
@@ -657,20 +412,3 @@ def test_concurrent_adds_and_merges_are_exact() -> None:
         thread.join()
     assert store.total(bk()) == 4 * rounds
     assert states(store, [bk()]) == [state({"me": 2 * rounds, "A": rounds, "B": rounds})]
-
-
-def test_eviction_skips_a_bucket_that_is_limiting_someone() -> None:
-    store = CounterStore(max_keys=3, origin="me")
-    store.add(bk("victim"), 5, NOW, limit=5)  # at its limit: refusing this client
-    for i in range(10):  # a flood of fresh keys
-        store.add(bk(f"flood{i}"), 1, NOW, limit=5)
-    assert store.total(bk("victim")) == 5
-    assert len(store) == 3
-    assert store.evictions == 8
-
-
-def test_eviction_still_evicts_when_every_bucket_is_limiting() -> None:
-    store = CounterStore(max_keys=2, origin="me")
-    for i in range(4):
-        store.add(bk(f"k{i}"), 5, NOW, limit=5)
-    assert len(store) == 2

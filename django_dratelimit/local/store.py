@@ -1,116 +1,63 @@
-"""The in-process counter store: one G-counter per (group, key, period, window).
+"""The in-process counter store: one G-counter bucket per (group, key, period, window).
 
 Each bucket holds, per origin process, how many hits that origin counted in the
-window. This process only ever increments its own origin (``local``); counts
-of other origins arrive through :meth:`CounterStore.merge` and are max-merged,
-which makes lost, repeated and reordered sync messages harmless.
-
-A reset is a *generation*: the wall-clock time (ns) of the reset, kept per key
-or per group. Buckets of an older generation are dropped and can never come
-back through a merge, so a reset wins over the max-merge cluster-wide. A key
-reset also covers that key's scoped variants (``scopes.base_key``), which
-``@ratelimit`` counts in.
+window (``bucket``). This process only ever increments its own origin
+(``local``); counts of other origins arrive through :meth:`CounterStore.merge`
+and are max-merged, which makes lost, repeated and reordered sync messages
+harmless. Resets are generations (``resets``); which bucket ends or is evicted
+when is kept in ``lifetimes``.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import threading
-import time
 import uuid
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-from .budget_store import BudgetedStore, Plan
-from .scopes import base_key
+from .bucket import REGISTER, Bucket, BucketKey, BucketState, Entry
+from .budget_store import BudgetedStore
+from .lifetimes import PROTECTED_TRIES, Lifetimes
+from .resets import RESET_TTL, Generations, ResetState, ResettingStore
+from .snapshots import SnapshotStore
+
+__all__ = [
+    "PROTECTED_TRIES",
+    "REGISTER",
+    "RESET_TTL",
+    "Bucket",
+    "BucketKey",
+    "BucketState",
+    "CounterStore",
+    "Entry",
+    "ResetState",
+    "new_node_id",
+]
 
 logger = logging.getLogger("django_dratelimit")
 
-BucketKey = tuple[str, str, int, int]  # group, key, period, window start
-# Origins that start with "~" are registers (max-merged like any origin, but not
-# hits and not part of the total): the token bucket keeps its running maximum there.
-REGISTER = "~max"
 EVICTION_WARNING_EVERY = 60.0
-PROTECTED_TRIES = 16  # buckets at their limit skipped by one eviction, at most
-# Resets are remembered long enough to outlive any bucket they cancel (2 x the longest period).
-RESET_TTL = 2 * 31 * 86400
-
-
-class BucketState(NamedTuple):
-    """What travels between processes for one bucket: absolute counts per origin."""
-
-    group: str
-    key: str
-    period: int
-    window_start: int
-    generation: int
-    counts: dict[str, int]
-
-    @property
-    def total(self) -> int:
-        return sum(c for origin, c in self.counts.items() if not origin.startswith("~"))
-
-
-class Entry(NamedTuple):
-    """One origin's absolute count in one bucket: what sync protocol v2 sends."""
-
-    group: str
-    key: str
-    period: int
-    window_start: int
-    generation: int
-    amount: int  # this origin's count: hits (or, for the token buckets, thousandths of tokens)
-    register: int  # the token buckets' max-merged register (0 for other algorithms)
-
-
-class ResetState(NamedTuple):
-    """A reset of one key (or of a whole group when ``key`` is None)."""
-
-    group: str
-    key: str | None
-    generation: int
-
-
-class Bucket:
-    __slots__ = ("dirty", "expires_at", "generation", "limit", "local", "plan", "remote", "total")
-
-    def __init__(self, generation: int, expires_at: float) -> None:
-        self.local = 0
-        self.remote: dict[str, int] = {}
-        self.total = 0
-        self.generation = generation
-        self.expires_at = expires_at
-        # Already queued for the next sync round: later hits need not queue it again.
-        self.dirty = False
-        self.limit = 0  # the limit it is checked against (0: not known, no budgets)
-        self.plan: Plan | None = None  # its budget, while in budget mode (see budgets)
 
 
 def new_node_id() -> str:
     return uuid.uuid4().hex
 
 
-class CounterStore(BudgetedStore):
+class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
     """Thread-safe, bounded, in-memory counters for this process."""
 
     def __init__(self, max_keys: int = 100_000, origin: str | None = None) -> None:
         self.origin = origin or new_node_id()
         self.max_keys = max_keys
         self._lock = threading.Lock()
-        # Ordered by creation: evicting the oldest is popitem(last=False), O(1);
-        # next(iter(dict)) slows down quadratically after many deletes at the front.
-        # (Evicting the next to expire instead would let a flood of long-period
-        # buckets evict every short-period one as soon as it is created.)
-        self._buckets: OrderedDict[BucketKey, Bucket] = OrderedDict()
-        self._expiry: list[tuple[float, BucketKey]] = []
+        self._buckets: dict[BucketKey, Bucket] = {}
+        self._lifetimes = Lifetimes(self._buckets)
         self._next_sweep = 0.0
-        self._key_gens: dict[tuple[str, str], int] = {}
-        self._group_gens: dict[str, int] = {}
-        self._own_resets: dict[tuple[str, str | None], int] = {}
+        self._starts: dict[int, int] = {}  # this second's window starts (see _create)
+        self._generations = Generations()
         # Buckets changed by local hits since the last round, in the order they changed;
         # a key can appear twice (deleted, then re-created), take_dirty() sends it once.
         self._dirty: list[BucketKey] = []
@@ -147,6 +94,7 @@ class CounterStore(BudgetedStore):
             bucket = self._buckets.get(bucket_key)
             if bucket is None:
                 bucket = self._create(bucket_key, now)
+                bucket_key = bucket.key  # the store's own (see _create)
             if bucket.limit != limit:
                 self._new_limit(bucket, limit, now)
             if bucket.plan is not None:
@@ -169,7 +117,7 @@ class CounterStore(BudgetedStore):
         bucket = self._buckets.get(bucket_key)
         if bucket is None:
             return 0, 0
-        return bucket.total, bucket.remote.get(REGISTER, 0)
+        return bucket.total, bucket.register
 
     def take(
         self,
@@ -226,53 +174,37 @@ class CounterStore(BudgetedStore):
             self._evict_oldest(now)
         group, key, period, start = bucket_key
         if generation is None:
-            generation = self._generation(group, key)
-        bucket = Bucket(generation, start + 2 * period)
-        self._buckets[bucket_key] = bucket
-        heapq.heappush(self._expiry, (bucket.expires_at, bucket_key))
+            generation = self._generations.of(group, key)
+        # One int a window start, not one a bucket (32 bytes): the request path
+        # computes it afresh for every key, a peer's message decodes one per entry.
+        bucket_key = (group, key, period, self._starts.setdefault(start, start))
+        bucket = self._buckets[bucket_key] = Bucket(bucket_key, generation)
+        self._lifetimes.created(bucket)
         return bucket
 
-    def _generation(self, group: str, key: str) -> int:
-        generation = max(self._key_gens.get((group, key), 0), self._group_gens.get(group, 0))
-        if key[-1:] == "]" and self._key_gens:
-            # A scoped key ("k [5/60s GET]") is reset by a reset of "k".
-            generation = max(generation, self._key_gens.get((group, base_key(key)), 0))
-        return generation
-
     def _sweep(self, now: float) -> None:
-        """Drop buckets whose window (kept one extra period for sliding windows) ended."""
+        """Drop the buckets that ended, at most once a second."""
         self._next_sweep = now + 1.0
-        expiry = self._expiry
-        while expiry and expiry[0][0] <= now:
-            _expires_at, bucket_key = heapq.heappop(expiry)
-            bucket = self._buckets.get(bucket_key)
-            if bucket is not None and bucket.expires_at <= now:
-                del self._buckets[bucket_key]
-        if len(self._expiry) > 2 * len(self._buckets) + 1024:
-            # Evictions and resets leave stale heap entries; rebuild now and then.
-            self._expiry = [(b.expires_at, k) for k, b in self._buckets.items()]
-            heapq.heapify(self._expiry)
+        self._starts = {}
+        self._lifetimes.sweep(now)
+        self._shrink()
         if len(self._dirty) > 2 * len(self._buckets) + 1024:
             # Not drained for a while (broker down): drop the keys of buckets gone since.
             self._dirty = [k for k, b in self._buckets.items() if b.dirty]
-        horizon = time.time_ns() - RESET_TTL * 1_000_000_000
-        if self._key_gens and len(self._key_gens) > self.max_keys:
-            self._key_gens = {k: g for k, g in self._key_gens.items() if g > horizon}
-        if len(self._own_resets) > self.max_keys:
-            self._own_resets = {k: g for k, g in self._own_resets.items() if g > horizon}
+        self._generations.forget_old(self.max_keys)
+
+    def _shrink(self) -> None:
+        # A dict whose keys come and go grows its table to three times its keys at its
+        # next resize (CPython's policy; 104 bytes a bucket at 100,000, not 52). A copy
+        # is sized for the keys it has: make one before that, after half of them went.
+        # (So no caller may keep ``self._buckets`` in a local across a ``_create``.)
+        if self._lifetimes.deleted > len(self._buckets) // 2 + 1024:
+            self._buckets = dict(self._buckets)
+            self._lifetimes.rebind(self._buckets)
 
     def _evict_oldest(self, now: float) -> None:
-        buckets = self._buckets
-        # A bucket that is refusing someone right now (at its limit) goes to the back of
-        # the line: a flood of fresh keys must not lift a limit that is holding. A few
-        # tries only, so a store full of limiting buckets still evicts in O(1).
-        for _ in range(PROTECTED_TRIES):
-            bucket_key, bucket = buckets.popitem(last=False)
-            if not (bucket.limit and bucket.total >= bucket.limit and bucket.expires_at > now):
-                break
-            buckets[bucket_key] = bucket
-        else:
-            buckets.popitem(last=False)
+        self._lifetimes.evict_oldest(now)
+        self._shrink()
         self.evictions += 1
         if now - self._last_eviction_warning >= EVICTION_WARNING_EVERY:
             self._last_eviction_warning = now
@@ -285,31 +217,6 @@ class CounterStore(BudgetedStore):
             )
 
     # -- the sync thread ----------------------------------------------------
-
-    def _entry(self, bucket_key: BucketKey, bucket: Bucket) -> Entry:
-        return Entry(*bucket_key, bucket.generation, bucket.local, bucket.remote.get(REGISTER, 0))
-
-    def _state(self, bucket_key: BucketKey, bucket: Bucket) -> BucketState:
-        counts = dict(bucket.remote)
-        if bucket.local:
-            counts[self.origin] = bucket.local
-        return BucketState(*bucket_key, bucket.generation, counts)
-
-    def take_dirty(self) -> list[Entry]:
-        """This process's own counts of the buckets its hits changed since the last call."""
-        with self._lock:
-            dirty, self._dirty = self._dirty, []
-            entries = []
-            for bucket_key in dirty:
-                bucket = self._buckets.get(bucket_key)
-                # None: swept, evicted or reset since; not dirty: taken from an earlier entry.
-                if bucket is not None and bucket.dirty:
-                    bucket.dirty = False
-                    entries.append(self._entry(bucket_key, bucket))
-            return entries
-
-    def has_dirty(self) -> bool:
-        return bool(self._dirty or self._pending_resets)
 
     def stop_tracking(self) -> None:
         """No sync thread any more: stop queueing changes and forget the queue."""
@@ -324,82 +231,29 @@ class CounterStore(BudgetedStore):
             self._dirty = []
             self._pending_resets = []
 
-    def mark_dirty(self, bucket_keys: Iterable[BucketKey]) -> None:
-        """Put keys back (a send failed), so the next round retries them."""
-        with self._lock:
-            for bucket_key in bucket_keys:
-                bucket = self._buckets.get(bucket_key)
-                if bucket is not None and not bucket.dirty:
-                    bucket.dirty = True
-                    self._dirty.append(bucket_key)
-
-    def entries(self, bucket_keys: Iterable[BucketKey]) -> list[Entry]:
-        """This process's own counts of some buckets."""
-        with self._lock:
-            buckets = self._buckets
-            return [self._entry(k, buckets[k]) for k in bucket_keys if k in buckets]
-
-    def own_entries(self, now: float) -> list[Entry]:
-        """This process's own counts of every live bucket it has hits in."""
-        with self._lock:
-            return [
-                self._entry(k, b)
-                for k, b in self._buckets.items()
-                if b.local and b.expires_at > now
-            ]
-
-    def relay_entries(self, now: float, exclude: Iterable[str]) -> dict[str, list[Entry]]:
-        """Other origins' counts of the live buckets, by origin, except ``exclude``'s."""
-        skip = {*exclude, self.origin}
-        relay: dict[str, list[Entry]] = {}
-        with self._lock:
-            for bucket_key, bucket in self._buckets.items():
-                if bucket.expires_at <= now:
-                    continue
-                register = bucket.remote.get(REGISTER, 0)
-                for origin, count in bucket.remote.items():
-                    if origin not in skip and origin[0] != "~":
-                        entry = Entry(*bucket_key, bucket.generation, count, register)
-                        relay.setdefault(origin, []).append(entry)
-        return relay
-
-    def live_states(self, now: float) -> list[BucketState]:
-        """Every live bucket with every origin's count (for inspection)."""
-        with self._lock:
-            return [self._state(k, b) for k, b in self._buckets.items() if b.expires_at > now]
-
-    def origins(self, now: float) -> set[str]:
-        """Every origin with a count in a live bucket, this one included if it has any."""
-        with self._lock:
-            found = {o for b in self._buckets.values() if b.expires_at > now for o in b.remote}
-            if any(b.local for b in self._buckets.values()):
-                found.add(self.origin)
-        return {o for o in found if o[0] != "~"}
-
     def merge(self, origin: str, entries: Iterable[Sequence[Any]], now: float) -> int:
         """Max-merge ``origin``'s absolute counts (``Entry`` fields); return how many grew."""
         changed = 0
         own = origin == self.origin
-        buckets = self._buckets
+        generations = self._generations
         with self._lock:
             for group, key, period, start, generation, count, register in entries:
                 if start + 2 * period <= now:
                     continue
                 bucket_key = (group, key, period, start)
-                bucket = buckets.get(bucket_key)
+                bucket = self._buckets.get(bucket_key)  # not kept in a local: see _shrink
                 # A live bucket is of its key's current generation (a reset drops the
                 # older ones): the same generation needs no reset bookkeeping.
                 if bucket is None or generation != bucket.generation:
-                    current = self._generation(group, key)
+                    current = generations.of(group, key)
                     if generation < current:
                         continue  # counted before a reset this process already knows of
                     if generation > current:
                         self._apply_reset(ResetState(group, key, generation))
-                    bucket = buckets.get(bucket_key)
+                    bucket = self._buckets.get(bucket_key)
                     if bucket is None:
                         bucket = self._create(bucket_key, now, generation)
                 grew = False
-                remote = bucket.remote
                 if own:
                     # We are the authority on our own count, unless we lost it
                     # (the bucket was evicted, then re-created by a peer's relay).
@@ -408,94 +262,18 @@ class CounterStore(BudgetedStore):
                         bucket.local = count
                         grew = True
                 else:
-                    known = remote.get(origin, 0)
+                    known = bucket.count_of(origin)
                     if count > known:
-                        remote[origin] = count
+                        bucket.set_count(origin, count)
                         bucket.total += count - known
                         grew = True
                         if bucket.plan is not None:
                             bucket.plan.grew_at[origin] = now
-                if register and register > remote.get(REGISTER, 0):
-                    remote[REGISTER] = register
+                if register and register > bucket.register:
+                    bucket.remote[REGISTER] = register
                     grew = True
                 changed += grew
         return changed
-
-    # -- resets ----------------------------------------------------------------
-
-    def reset(self, group: str, key: str | None = None, generation: int | None = None) -> int:
-        """Forget a key (or a whole group) from now on; return how many buckets went."""
-        with self._lock:
-            if generation is None:
-                # Wall-clock time, but past any generation adopted from a peer
-                # whose clock runs ahead: a local reset must always take effect.
-                generation = max(time.time_ns(), self._highest_generation(group, key) + 1)
-            reset = ResetState(group, key, generation)
-            removed = self._apply_reset(reset)
-            self._own_resets[(group, key)] = generation
-            if self.track_dirty:
-                if not self._pending_resets and self.on_dirty is not None:
-                    self.on_dirty()
-                self._pending_resets.append(reset)
-        return removed
-
-    def _highest_generation(self, group: str, key: str | None) -> int:
-        if key is not None:
-            return self._generation(group, key)
-        in_group = [g for (grp, _), g in self._key_gens.items() if grp == group]
-        return max([self._group_gens.get(group, 0), *in_group])
-
-    def apply_resets(self, resets: Iterable[ResetState]) -> int:
-        """Apply resets heard from other processes (idempotent)."""
-        with self._lock:
-            return sum(self._apply_reset(reset) for reset in resets)
-
-    def _apply_reset(self, reset: ResetState) -> int:
-        group, key, generation = reset
-        if key is None:
-            if self._group_gens.get(group, 0) >= generation:
-                return 0
-            self._group_gens[group] = generation
-        else:
-            if self._generation(group, key) >= generation:
-                return 0
-            self._key_gens[(group, key)] = generation
-        doomed = [
-            k
-            for k, b in self._buckets.items()
-            if k[0] == group
-            and (key is None or k[1] == key or base_key(k[1]) == key)
-            and b.generation < generation
-        ]
-        for bucket_key in doomed:
-            del self._buckets[bucket_key]
-        return len(doomed)
-
-    def requeue_resets(self, resets: list[ResetState]) -> None:
-        """Resets whose send failed go out with the next round."""
-        if resets:
-            with self._lock:
-                if self.track_dirty:
-                    self._pending_resets[:0] = resets
-
-    def take_pending_resets(self) -> list[ResetState]:
-        with self._lock:
-            pending, self._pending_resets = self._pending_resets, []
-            return pending
-
-    def reset_states(self) -> list[ResetState]:
-        """Every reset still remembered, for late joiners."""
-        with self._lock:
-            horizon = time.time_ns() - RESET_TTL * 1_000_000_000
-            groups = [ResetState(g, None, gen) for g, gen in self._group_gens.items()]
-            keys = [ResetState(g, k, gen) for (g, k), gen in self._key_gens.items()]
-            return [r for r in groups + keys if r.generation > horizon]
-
-    def own_resets(self) -> list[ResetState]:
-        """The resets made in this process and still remembered (a peer may have missed one)."""
-        with self._lock:
-            horizon = time.time_ns() - RESET_TTL * 1_000_000_000
-            return [ResetState(g, k, n) for (g, k), n in self._own_resets.items() if n > horizon]
 
     # -- fork ------------------------------------------------------------------
 
@@ -508,7 +286,7 @@ class CounterStore(BudgetedStore):
         # so two children cannot both claim (and double) them.
         for bucket in self._buckets.values():
             if bucket.local:
-                bucket.remote[parent] = max(bucket.remote.get(parent, 0), bucket.local)
+                bucket.set_count(parent, max(bucket.count_of(parent), bucket.local))
                 bucket.local = 0
             bucket.dirty = False
         self._dirty = []

@@ -316,9 +316,9 @@ def check_store(target: Target) -> None:
     assert len(buckets) <= store.max_keys
     for bucket_key, bucket in buckets:
         assert bucket.local >= 0, bucket_key
-        for origin, value in bucket.remote.items():
+        for origin, value in bucket.counts().items():
             assert 0 <= value <= protocol.MAX_COUNT, (bucket_key, origin, value)
-        hits = bucket.local + sum(v for o, v in bucket.remote.items() if o[0] != "~")
+        hits = bucket.local + sum(v for o, v in bucket.counts().items() if o[0] != "~")
         assert bucket.total == hits, (bucket_key, bucket.total, hits)
 
 

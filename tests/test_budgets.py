@@ -198,3 +198,21 @@ def test_a_bucket_first_heard_from_a_peer_still_starts_with_a_share(clock: FakeC
     store.merge("b", [Entry("g", "k", 60, start, 0, 10, 0)], clock.now)  # before any hit here
     admitted = sum(limiter.hit("g", "k", "100/m").allowed for _ in range(60))
     assert admitted == 25  # the equal share, not the 90 the total would allow
+
+
+def test_a_forked_child_forgets_the_parents_plans(clock: FakeClock) -> None:
+    # The plan's levels are keyed by the parent's origin: kept, the child would
+    # find no level of its own in them. It starts again as a fresh bucket does.
+    limiter, store = clustered(clock)
+    for _ in range(30):
+        limiter.hit("g", "k", "100/m")  # the parent has used up its share of 25
+    parent = store.origin
+    store._after_fork_in_child()
+    assert store.origin != parent
+    assert store.planned(clock.now) == {}
+    # The parent's 25 stay the parent's; the child, a new process with no count of
+    # its own, starts with the equal share every process starts with (100 // 4),
+    # until its first picture replans from the counts.
+    admitted = sum(limiter.hit("g", "k", "100/m").allowed for _ in range(40))
+    assert admitted == 25
+    assert store.total(("g", "k", 60, int(clock.now // 60) * 60)) == 50

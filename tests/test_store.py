@@ -195,7 +195,7 @@ def test_a_register_joins_a_peers_count(store: CounterStore) -> None:
     merge(store, [state({"A": 2})], NOW)
     merge(store, [state({"A": 2}, key="m")], NOW)
     store.merge("A", [Entry("g", "m", PERIOD, S, 0, 2, 9)], NOW)  # a register by merge
-    assert store.take(bk(), NOW, lambda total, register: (1, 7)) == 1  # and by take
+    assert store.take(bk(), NOW, lambda total, register: (1, 7, 0.0)) == (1, None)  # by take
     assert store.read(bk()) == (3, 7)
     assert store.read(bk("m")) == (2, 9)
     assert states(store, [bk(), bk("m")]) == [

@@ -49,7 +49,7 @@ class BudgetedStore:
 
     def _counts(self, bucket: Bucket) -> dict[str, int]:
         """Every origin's count of a bucket, this process's own included (no registers)."""
-        counts = {o: c for o, c in bucket.remote.items() if o[0] != "~"}
+        counts = {o: c for o, c in bucket.counts().items() if o[0] != "~"}
         counts[self.origin] = bucket.local
         return counts
 
@@ -195,7 +195,7 @@ class BudgetedStore:
                     if bucket is None or bucket.plan is not None or not bucket.limit:
                         continue
                     share = max(0, bucket.limit - bucket.total) // len(everyone)
-                    levels = {o: (bucket.remote.get(o, 0) + share, lapsed) for o in everyone}
+                    levels = {o: (bucket.count_of(o) + share, lapsed) for o in everyone}
                     levels[self.origin] = (bucket.local + share, lapsed)
                     bucket.plan = Plan(bucket.local + share, levels)
 

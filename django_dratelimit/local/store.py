@@ -11,15 +11,14 @@ when is kept in ``lifetimes``.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import uuid
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from . import forking
 from .bucket import REGISTER, Bucket, BucketKey, BucketState, Entry
 from .budget_store import BudgetedStore
+from .forking import new_node_id
 from .lifetimes import PROTECTED_TRIES, Lifetimes
 from .resets import RESET_TTL, Generations, ResetState, ResettingStore
 from .snapshots import SnapshotStore
@@ -42,11 +41,7 @@ logger = logging.getLogger("django_dratelimit")
 EVICTION_WARNING_EVERY = 60.0
 
 
-def new_node_id() -> str:
-    return uuid.uuid4().hex
-
-
-class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
+class CounterStore(BudgetedStore, SnapshotStore, ResettingStore, forking.ForkingStore):
     """Thread-safe, bounded, in-memory counters for this process."""
 
     def __init__(self, max_keys: int = 100_000, origin: str | None = None) -> None:
@@ -71,7 +66,7 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
         # Set by the sync thread: how many processes share the counts (budgets need > 1).
         self.processes = 1
         self.members: list[str] = []  # the other live processes' ids
-        _STORES.add(self)
+        forking.track(self)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -137,7 +132,7 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
         """
         with self._lock:
             bucket = self._buckets.get(bucket_key)
-            total, register = (bucket.total, bucket.remote.get(REGISTER, 0)) if bucket else (0, 0)
+            total, register = (bucket.total, bucket.register) if bucket else (0, 0)
             amount, new_register, level = decide(total, register)
             if amount <= 0:
                 return 0, None
@@ -274,34 +269,3 @@ class CounterStore(BudgetedStore, SnapshotStore, ResettingStore):
                     grew = True
                 changed += grew
         return changed
-
-    # -- fork ------------------------------------------------------------------
-
-    def _after_fork_in_child(self) -> None:
-        # The lock may have been held by a thread that does not exist in the child.
-        self._lock = threading.Lock()
-        parent = self.origin
-        self.origin = new_node_id()
-        # Hits counted before the fork are the parent's: keep them under its origin,
-        # so two children cannot both claim (and double) them.
-        for bucket in self._buckets.values():
-            if bucket.local:
-                bucket.set_count(parent, max(bucket.count_of(parent), bucket.local))
-                bucket.local = 0
-            bucket.dirty = False
-        self._dirty = []
-        self._pending_resets = []
-        self.track_dirty = False
-        self.on_hit = None
-        self.on_dirty = None
-
-
-_STORES: weakref.WeakSet[CounterStore] = weakref.WeakSet()
-
-
-def _reinit_stores_after_fork() -> None:
-    for store in list(_STORES):
-        store._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reinit_stores_after_fork)

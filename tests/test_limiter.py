@@ -348,11 +348,12 @@ def test_threads_wait_while_the_first_one_joins_the_cluster(
 ) -> None:
     from django_dratelimit.sync import thread as sync
 
-    joined = threading.Event()
+    entered, joined = threading.Event(), threading.Event()
     order: list[str] = []
 
     def slow_start(store: CounterStore) -> None:
-        time.sleep(0.2)  # joining, and STARTUP_SYNC_WAIT
+        entered.set()
+        time.sleep(0.2)  # joining, and STARTUP_SYNC_WAIT: a while, not a synchronisation
         order.append("joined")
         joined.set()
 
@@ -360,7 +361,7 @@ def test_threads_wait_while_the_first_one_joins_the_cluster(
     fresh = Limiter(CounterStore())
     first = threading.Thread(target=fresh.hit, args=("g", "k", "5/m"))
     first.start()
-    time.sleep(0.05)  # the first thread is inside start_sync, holding the lock
+    assert entered.wait(10)  # the first thread is inside start_sync, holding the lock
     fresh.hit("g", "k", "5/m")
     order.append("second decided")
     first.join()

@@ -115,22 +115,43 @@ class Decider:
         window itself; the caller has checked ``sync_checked``.
         """
         store = self.store
-        period = rate.period
+        period, limit = rate.period, rate.limit
+        if algorithm != SLIDING_WINDOW:
+            if not cost:
+                current = store.total((group, stored, period, start))
+            else:
+                current = store.add((group, stored, period, start), cost, now, limit)
+                if current < 0:
+                    return over_budget(group, key, limit, period, now, algorithm, name)
+            # window_usage()'s fixed window, built here: this runs on every request.
+            time_left = start + period - now
+            return _new_usage(
+                Usage,
+                (
+                    group,
+                    key,
+                    current,
+                    limit,
+                    period,
+                    current > limit,
+                    time_left,
+                    now + time_left,
+                    algorithm,
+                    name,
+                    (),
+                ),
+            )
         bucket_key = (group, stored, period, start)
-        previous = (
-            store.total((group, stored, period, start - period))
-            if algorithm == SLIDING_WINDOW
-            else 0
-        )
+        previous = store.total((group, stored, period, start - period))
         if not cost:
             current = store.total(bucket_key)
         else:
             # What this window may still take: the sliding estimate carries part
             # of the previous window (budgets are shares of what remains).
             carried = math.ceil(previous * (start + period - now) / period) if previous else 0
-            current = store.add(bucket_key, cost, now, max(0, rate.limit - carried))
+            current = store.add(bucket_key, cost, now, max(0, limit - carried))
             if current < 0:
-                return over_budget(group, key, rate.limit, period, now, algorithm, name)
+                return over_budget(group, key, limit, period, now, algorithm, name)
         return window_usage(group, key, rate, algorithm, name, now, start, current, previous)
 
     def _check_strict(

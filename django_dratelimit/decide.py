@@ -23,7 +23,7 @@ from .local.algorithms import (
     window_start,
 )
 from .local.scopes import bucket, scoped_key
-from .local.store import CounterStore
+from .local.store import BucketKey, CounterStore
 from .rates import Rate
 from .strict.counter import StrictUnavailable, get_strict_counter
 from .usage import Usage, combine, new_usage, window_usage
@@ -36,6 +36,7 @@ class Decider:
     """The decision code, run on ``self.store`` at ``self.clock()``."""
 
     store: CounterStore
+    _add: Callable[[BucketKey, int, float, int], int]  # store.add, bound once (Limiter)
     clock: Clock
     sync_checked: bool
 
@@ -120,7 +121,7 @@ class Decider:
             if not cost:
                 current = store.total((group, stored, period, start))
             else:
-                current = store.add((group, stored, period, start), cost, now, limit)
+                current = self._add((group, stored, period, start), cost, now, limit)
                 if current < 0:
                     return over_budget(group, key, limit, period, now, algorithm, name)
             # window_usage()'s fixed window, built here: this runs on every request.

@@ -55,9 +55,9 @@ class Limit:
 
     __slots__ = (
         "_key_func",
-        "_offsets",
         "_policy",
         "_rates",
+        "_stored",
         "_window",
         "algorithm",
         "block",
@@ -104,8 +104,10 @@ class Limit:
             rate = self._rates[0]
             suffix = scoped_key("", rate.limit, rate.period, self.scope)
             self._window = (rate, rate.period, suffix)
-        # key value -> its window offset: a CRC-32 per request costs more than a lookup.
-        self._offsets: dict[str, int] = {}
+        # key value -> (the key as stored, its window offset), for a window limit: a
+        # lookup costs less than a CRC-32 and a new string per request, whose hash
+        # the store's dict would compute again.
+        self._stored: dict[str, tuple[str, int]] = {}
 
     def usage(self, request: HttpRequest, count: bool = True) -> Usage | None:
         """The usage on this request, counting the cost if ``count``; None if no limit applies.
@@ -144,17 +146,13 @@ class Limit:
         if window is not None and algorithm in _WINDOWS and limiter.sync_checked:
             # What check() -> bucket() does, with the scope's part of the key made once.
             rate, period, suffix = window
-            offset = 0
-            if stagger:
-                offset = self._offsets.get(value)  # type: ignore[assignment]
-                if offset is None:
-                    offset = self._offset(value, period)
+            stored, offset = self._stored.get(value) or self._store_key(value, period, suffix)
             now = limiter.clock()
             usage = limiter.count_window(
                 self.group,
                 value,
-                value + suffix,  # == scoped_key(value, limit, period, scope)
-                window_start(now, period, offset),
+                stored,
+                window_start(now, period, offset if stagger else 0),
                 rate,
                 algorithm,
                 cost,
@@ -181,12 +179,14 @@ class Limit:
         key_func = self._key_func = compile_key(self.key)  # a dotted path: imported once
         return key_func
 
-    def _offset(self, value: str, period: int) -> int:
-        offsets = self._offsets
-        if len(offsets) >= MAX_OFFSETS:
-            offsets.clear()  # bounded: a crawler's many addresses would grow it without end
-        offset = offsets[value] = window_offset(self.group, value, period)
-        return offset
+    def _store_key(self, value: str, period: int, suffix: str) -> tuple[str, int]:
+        """The key as stored and its window offset, for a window limit (``_window``)."""
+        stored = self._stored
+        if len(stored) >= MAX_STORED_KEYS:
+            stored.clear()  # bounded: a crawler's many addresses would grow it without end
+        # scoped_key(value, limit, period, scope), and the offset for STAGGER_WINDOWS.
+        known = stored[value] = (value + suffix, window_offset(self.group, value, period))
+        return known
 
     def _resolve_cost(self, request: HttpRequest) -> int:
         cost = self.cost
@@ -195,7 +195,7 @@ class Limit:
         return resolve_cost(cost, self.group, request)
 
 
-MAX_OFFSETS = 4096
+MAX_STORED_KEYS = 1024  # per limit: ~300 kB at most
 # (ENABLED, STAGGER_WINDOWS), read once per settings change rather than per request.
 _settings: tuple[bool, bool] | None = None
 

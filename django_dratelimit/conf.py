@@ -118,6 +118,8 @@ class Settings:
 
     def clear(self) -> None:
         self._merged = None
+        for forget in _on_clear:
+            forget()
 
     @property
     def ENABLED(self) -> bool:
@@ -223,6 +225,14 @@ class Settings:
 
 
 conf = Settings()
+# What values compiled from settings (the ``ip`` key's, the request path's) forget on clear().
+_on_clear: list[Callable[[], None]] = []
+
+
+def on_clear(forget: Callable[[], None]) -> None:
+    """Call ``forget`` whenever the settings cache is dropped, so a value compiled from
+    settings (read once, not per request) is compiled again from the new ones."""
+    _on_clear.append(forget)
 
 
 def site_group() -> str:

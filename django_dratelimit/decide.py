@@ -23,7 +23,7 @@ from .local.algorithms import (
     window_start,
 )
 from .local.scopes import bucket, scoped_key
-from .local.store import CounterStore
+from .local.store import BucketKey, CounterStore
 from .rates import Rate
 from .strict.counter import StrictUnavailable, get_strict_counter
 from .usage import Usage, combine, new_usage, window_usage
@@ -36,6 +36,7 @@ class Decider:
     """The decision code, run on ``self.store`` at ``self.clock()``."""
 
     store: CounterStore
+    _add: Callable[[BucketKey, int, float, int], int]  # store.add, bound once (Limiter)
     clock: Clock
     sync_checked: bool
 
@@ -115,22 +116,43 @@ class Decider:
         window itself; the caller has checked ``sync_checked``.
         """
         store = self.store
-        period = rate.period
+        period, limit = rate.period, rate.limit
+        if algorithm != SLIDING_WINDOW:
+            if not cost:
+                current = store.total((group, stored, period, start))
+            else:
+                current = self._add((group, stored, period, start), cost, now, limit)
+                if current < 0:
+                    return over_budget(group, key, limit, period, now, algorithm, name)
+            # window_usage()'s fixed window, built here: this runs on every request.
+            time_left = start + period - now
+            return _new_usage(
+                Usage,
+                (
+                    group,
+                    key,
+                    current,
+                    limit,
+                    period,
+                    current > limit,
+                    time_left,
+                    now + time_left,
+                    algorithm,
+                    name,
+                    (),
+                ),
+            )
         bucket_key = (group, stored, period, start)
-        previous = (
-            store.total((group, stored, period, start - period))
-            if algorithm == SLIDING_WINDOW
-            else 0
-        )
+        previous = store.total((group, stored, period, start - period))
         if not cost:
             current = store.total(bucket_key)
         else:
             # What this window may still take: the sliding estimate carries part
             # of the previous window (budgets are shares of what remains).
             carried = math.ceil(previous * (start + period - now) / period) if previous else 0
-            current = store.add(bucket_key, cost, now, max(0, rate.limit - carried))
+            current = store.add(bucket_key, cost, now, max(0, limit - carried))
             if current < 0:
-                return over_budget(group, key, rate.limit, period, now, algorithm, name)
+                return over_budget(group, key, limit, period, now, algorithm, name)
         return window_usage(group, key, rate, algorithm, name, now, start, current, previous)
 
     def _check_strict(

@@ -145,7 +145,16 @@ def ratelimit(
 
         @functools.wraps(fn)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            before(request)
+            # before(), inlined: a call less on every request of a sync view.
+            if limit is None:
+                raise MissingArgument(NO_KEY)
+            usage = limit.usage(request)
+            if usage is None:
+                request.limited = getattr(request, "limited", False)  # type: ignore[attr-defined]
+            else:
+                record(request, usage)
+                if usage.should_limit and block:
+                    raise limited_exception(usage)
             return fn(request, *args, **kwargs)
 
         wrapper._dratelimit = declaration  # type: ignore[attr-defined]

@@ -16,10 +16,10 @@ from typing import Any
 from django.http import HttpRequest
 
 from .choices import validate_choice
-from .conf import conf
+from .conf import conf, on_clear
 from .costs import compile_cost, resolve_cost
 from .decisions import count as count_decision
-from .keys import KeyFunc, compile_key, resolve_key
+from .keys import KeyFunc, compile_key, key_value
 from .local.algorithms import EVENTUAL, FIXED_WINDOW, SLIDING_WINDOW, window_start
 from .local.scopes import DJANGO_RATELIMIT_ALL, method_scope, scoped_key, window_offset
 from .process import get_limiter
@@ -55,7 +55,9 @@ class Limit:
 
     __slots__ = (
         "_key_func",
+        "_policy",
         "_rates",
+        "_stored",
         "_window",
         "algorithm",
         "block",
@@ -84,6 +86,7 @@ class Limit:
     ) -> None:
         validate_choice(algorithm, consistency)
         self.group, self.name = group, name
+        self._policy = name or group  # what the decision metrics count under
         self.key, self.rate, self.cost = key, rate, cost
         self.algorithm, self.consistency, self.block = algorithm, consistency, block
         self.methods = method_set(method)
@@ -96,10 +99,15 @@ class Limit:
             self._rates = parse_rate(rate) or ()  # (): rate None, no limit
         # One static rate counted in a window: the request path finds the window
         # itself (the stored key's scope is the same for every request).
-        self._window: tuple[Rate, str] | None = None
+        self._window: tuple[Rate, int, str] | None = None
         if self._rates is not None and len(self._rates) == 1 and consistency == EVENTUAL:
             rate = self._rates[0]
-            self._window = (rate, scoped_key("", rate.limit, rate.period, self.scope))
+            suffix = scoped_key("", rate.limit, rate.period, self.scope)
+            self._window = (rate, rate.period, suffix)
+        # key value -> (the key as stored, its window offset), for a window limit: a
+        # lookup costs less than a CRC-32 and a new string per request, whose hash
+        # the store's dict would compute again.
+        self._stored: dict[str, tuple[str, int]] = {}
 
     def usage(self, request: HttpRequest, count: bool = True) -> Usage | None:
         """The usage on this request, counting the cost if ``count``; None if no limit applies.
@@ -108,7 +116,10 @@ class Limit:
         None, or the key has no value for this request (see ``keys``). The cost
         is only resolved (a cost callable only called) once the limit applies.
         """
-        if not conf.ENABLED:
+        # Every request of every limited view runs this: each step is measured
+        # (bench/bench_local.py), locals over attribute chains, positional calls.
+        enabled, stagger = _settings or _read_settings()
+        if not enabled:
             return None
         methods = self.methods
         if methods is not None and request.method not in methods:
@@ -120,26 +131,33 @@ class Limit:
                 return None
         elif not rates:
             return None
-        key_func = self._key_func
-        if key_func is None:
-            key_func = self._key_func = compile_key(self.key)
-        value = resolve_key(key_func, self.group, request)
+        value = key_value(self._key_func or self._compile_key(), self.group, request)
         if value is None:
             return None
-        cost = self._cost(request) if count else 0
+        if not count:
+            cost = 0
+        else:
+            cost = self.cost
+            if cost.__class__ is not int:
+                cost = self._resolve_cost(request)
         limiter = get_limiter()
         algorithm = self.algorithm or limiter.algorithm
         window = self._window
         if window is not None and algorithm in _WINDOWS and limiter.sync_checked:
             # What check() -> bucket() does, with the scope's part of the key made once.
-            rate, scope_suffix = window
-            group, period = self.group, rate.period
-            offset = window_offset(group, value, period) if conf.STAGGER_WINDOWS else 0
+            rate, period, suffix = window
+            stored, offset = self._stored.get(value) or self._store_key(value, period, suffix)
             now = limiter.clock()
-            start = window_start(now, period, offset)
-            stored = value + scope_suffix  # == scoped_key(value, limit, period, scope)
             usage = limiter.count_window(
-                group, value, stored, start, rate, algorithm, cost, self.name, now
+                self.group,
+                value,
+                stored,
+                window_start(now, period, offset if stagger else 0),
+                rate,
+                algorithm,
+                cost,
+                self.name,
+                now,
             )
         else:
             usage = limiter.check(
@@ -151,19 +169,49 @@ class Limit:
                 self.name,
                 self.consistency,
                 scope=self.scope,
-                stagger=conf.STAGGER_WINDOWS,
+                stagger=stagger,
             )
         if cost:  # a peek (cost 0) decides nothing
-            count_decision(self.name or self.group, usage.should_limit)
+            count_decision(self._policy, usage.should_limit)
         return usage
 
-    def _cost(self, request: HttpRequest) -> int:
+    def _compile_key(self) -> KeyFunc:
+        key_func = self._key_func = compile_key(self.key)  # a dotted path: imported once
+        return key_func
+
+    def _store_key(self, value: str, period: int, suffix: str) -> tuple[str, int]:
+        """The key as stored and its window offset, for a window limit (``_window``)."""
+        stored = self._stored
+        if len(stored) >= MAX_STORED_KEYS:
+            stored.clear()  # bounded: a crawler's many addresses would grow it without end
+        # scoped_key(value, limit, period, scope), and the offset for STAGGER_WINDOWS.
+        known = stored[value] = (value + suffix, window_offset(self.group, value, period))
+        return known
+
+    def _resolve_cost(self, request: HttpRequest) -> int:
         cost = self.cost
-        if cost.__class__ is int:
-            return cost
         if isinstance(cost, str):
             cost = self.cost = compile_cost(cost)  # a dotted path: imported once
         return resolve_cost(cost, self.group, request)
+
+
+MAX_STORED_KEYS = 1024  # per limit: ~300 kB at most
+# (ENABLED, STAGGER_WINDOWS), read once per settings change rather than per request.
+_settings: tuple[bool, bool] | None = None
+
+
+def _read_settings() -> tuple[bool, bool]:
+    global _settings
+    _settings = (conf.ENABLED, conf.STAGGER_WINDOWS)
+    return _settings
+
+
+def _forget_settings() -> None:
+    global _settings
+    _settings = None
+
+
+on_clear(_forget_settings)
 
 
 def compiled_limit(*args: Any) -> Limit:

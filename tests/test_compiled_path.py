@@ -1,0 +1,107 @@
+"""The decorator's compiled path: values read once per settings change, caches that stay bounded."""
+
+from __future__ import annotations
+
+from django.test import RequestFactory, override_settings
+from hypothesis import given
+from hypothesis import strategies as st
+
+from django_dratelimit import conf as conf_module
+from django_dratelimit.conf import conf
+from django_dratelimit.keys import client_ip, key_value, resolve_key
+from django_dratelimit.limiter import Limiter
+from django_dratelimit.limits import MAX_STORED_KEYS, Limit
+from django_dratelimit.local.algorithms import window_start
+from django_dratelimit.local.scopes import scoped_key, window_offset
+from django_dratelimit.local.store import CounterStore
+from django_dratelimit.process import set_limiter
+from tests.conftest import FakeClock
+
+factory = RequestFactory()
+
+
+def test_conf_clear_calls_what_was_registered() -> None:
+    calls: list[str] = []
+    conf_module.on_clear(lambda: calls.append("cleared"))
+    try:
+        with override_settings(DRATELIMIT={"IPV4_MASK": 24}):
+            assert calls == ["cleared"]
+        assert calls == ["cleared", "cleared"]
+        conf.clear()
+        assert len(calls) == 3
+    finally:
+        conf_module._on_clear.pop()
+
+
+def test_the_ip_key_follows_its_settings_at_once() -> None:
+    request = factory.get("/", REMOTE_ADDR="198.51.100.9", HTTP_X_FORWARDED_FOR="a, 203.0.113.77")
+    assert client_ip(request) == "198.51.100.9"  # compiled from the defaults
+    with override_settings(DRATELIMIT={"IPV4_MASK": 24}):
+        assert client_ip(request) == "198.51.100.0"
+    with override_settings(DRATELIMIT={"IP_META_KEY": "HTTP_X_FORWARDED_FOR"}):
+        assert client_ip(request) == "203.0.113.77"
+    with override_settings(DRATELIMIT={"IP_META_KEY": lambda request: "192.0.2.1"}):
+        assert client_ip(request) == "192.0.2.1"
+    assert client_ip(request) == "198.51.100.9"
+
+
+def test_a_used_limit_follows_enabled_and_stagger_at_once(
+    limiter: Limiter, clock: FakeClock
+) -> None:
+    limit = Limit("g", "ip", "5/m")
+    request = factory.get("/", REMOTE_ADDR="198.51.100.9")
+    offset = window_offset("g", "198.51.100.9", 60)
+    staggered = limit.usage(request)
+    assert staggered is not None
+    assert staggered.reset_at == window_start(clock(), 60, offset) + 60
+    with override_settings(DRATELIMIT={"ENABLED": False}):
+        assert limit.usage(request) is None
+    with override_settings(DRATELIMIT={"STAGGER_WINDOWS": False}):
+        set_limiter(Limiter(CounterStore(max_keys=1000), clock=clock, sync=False))
+        aligned = limit.usage(request)
+        assert aligned is not None
+        assert aligned.reset_at == window_start(clock(), 60) + 60
+    set_limiter(Limiter(CounterStore(max_keys=1000), clock=clock, sync=False))
+    again = limit.usage(request)
+    assert again is not None
+    assert again.reset_at == staggered.reset_at
+
+
+def test_the_stored_keys_kept_per_limit_stay_bounded_and_right(limiter: Limiter) -> None:
+    limit = Limit("g", "get:who", "5/m", method="GET")
+    for n in range(MAX_STORED_KEYS + 10):
+        usage = limit.usage(factory.get("/", {"who": f"u{n}"}))
+        assert usage is not None
+        assert usage.key == f"u{n}"
+    assert 0 < len(limit._stored) <= MAX_STORED_KEYS
+    for value, (stored, offset) in limit._stored.items():
+        assert stored == scoped_key(value, 5, 60, " GET")
+        assert offset == window_offset("g", value, 60)
+    last = f"u{MAX_STORED_KEYS + 9}"
+    start = window_start(limiter.clock(), 60, window_offset("g", last, 60))
+    assert limiter.store.total(("g", scoped_key(last, 5, 60, " GET"), 60, start)) == 1
+
+
+@given(
+    now=st.floats(0, 4e9, allow_nan=False),
+    period=st.integers(1, 10**7),
+    offset=st.integers(0, 10**7),
+)
+def test_window_start_is_the_float_formula_it_replaced(
+    now: float, period: int, offset: int
+) -> None:
+    offset %= period
+    before = int((now - offset) // period) * period + offset
+    assert window_start(now, period, offset) == before
+
+
+def test_key_value_normalizes_what_resolve_key_does() -> None:
+    request = factory.get("/")
+    for value in ("short", "x" * 64, "x" * 65, "é" * 200, 42, ""):
+
+        def func(group: str, request: object, value: object = value) -> object:
+            return value
+
+        assert key_value(func, "g", request) == resolve_key(func, "g", request)  # type: ignore[arg-type]
+    assert key_value(lambda g, r: "é" * 200, "g", request).startswith("sha256:")  # type: ignore[union-attr]
+    assert key_value(lambda g, r: "", "g", request) is None

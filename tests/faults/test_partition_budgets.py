@@ -241,9 +241,7 @@ def test_the_connected_side_and_the_window_stay_within_the_partition_bound(
     # it counts P at what P had counted at the cut: it admits up to the limit less
     # that, plus the budgets' slack.
     connected = admitted(before, other_than=port) + partition["others_during"]
-    seen = {
-        k: partition[k] for k in ("own_before", "p_during", "others_during", "plans_before")
-    }
+    seen = {k: partition[k] for k in ("own_before", "p_during", "others_during", "plans_before")}
     assert connected <= LIMIT - partition["own_before"] + SLACK, (connected, share, seen)
     # The window: L + s (docs/budgets.md, partition), plus the same slack.
     in_window = admitted(before) + partition["p_during"] + partition["others_during"]

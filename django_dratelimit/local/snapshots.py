@@ -42,9 +42,6 @@ class SnapshotStore:
                     entries.append(self._entry(bucket_key, bucket))
             return entries
 
-    def has_dirty(self) -> bool:
-        return bool(self._dirty or self._pending_resets)
-
     def mark_dirty(self, bucket_keys: Iterable[BucketKey]) -> None:
         """Put keys back (a send failed), so the next round retries them."""
         with self._lock:

@@ -10,9 +10,10 @@ shared key, 1,000 requests sent as fast as the load can:
 - ``broker_down``: Redis is stopped before the burst (round-robin).
 
 Each scenario runs with budgets on (the default) and off (``BUDGETS=False``, the
-documented worst case). ``--algorithm token_bucket`` sends the same load to the
-same key limited by a token bucket of 100 tokens a minute (``/cluster/tokens/``);
-a bucket also admits what refills during the burst, reported as ``refill``.
+documented worst case). ``--algorithm token_bucket`` (or ``leaky_bucket``) sends
+the same load to the same key limited by a token (or leaky) bucket of 100 a
+minute (``/cluster/tokens/``, ``/cluster/leaky/``); a bucket also admits what
+refills during the burst, reported as ``refill``.
 Run from the repository root::
 
     python bench/bench_accuracy.py            # both servers, 3 runs each (~4 minutes)
@@ -46,10 +47,15 @@ REQUESTS = 1000
 PROCESSES = 4
 DEFAULT_JSON = ROOT / "bench" / "results" / "accuracy.json"
 # Where each algorithm's load goes, and the state that reads its counter.
-PATHS = {"fixed_window": "/cluster/hit/", "token_bucket": "/cluster/tokens/"}
+PATHS = {
+    "fixed_window": "/cluster/hit/",
+    "token_bucket": "/cluster/tokens/",
+    "leaky_bucket": "/cluster/leaky/",
+}
 STATE = {
     "fixed_window": {},
     "token_bucket": {"group": "cluster-tokens", "algorithm": "token_bucket"},
+    "leaky_bucket": {"group": "cluster-leaky", "algorithm": "leaky_bucket"},
 }
 
 

@@ -64,6 +64,19 @@ def token_hit(request: HttpRequest) -> JsonResponse:
     return _hit_response(request)
 
 
+@csrf_exempt
+@ratelimit(
+    group="cluster-leaky",
+    key=shared_key,
+    rate=cluster_rate,
+    block=False,
+    algorithm="leaky_bucket",
+)
+def leaky_hit(request: HttpRequest) -> JsonResponse:
+    """The same shared key, limited by a leaky bucket (bench_accuracy --algorithm)."""
+    return _hit_response(request)
+
+
 def _bad_request(detail: str) -> JsonResponse:
     return JsonResponse({"error": "bad_request", "detail": detail}, status=400)
 

@@ -23,6 +23,7 @@ urlpatterns = [
     path("cluster/hit/", cluster.hit, name="cluster-hit"),
     path("cluster/ahit/", cluster.ahit, name="cluster-ahit"),
     path("cluster/tokens/", cluster.token_hit, name="cluster-tokens"),
+    path("cluster/leaky/", cluster.leaky_hit, name="cluster-leaky"),
     path("cluster/state/", cluster.state, name="cluster-state"),
     path("cluster/noop/", cluster.noop, name="cluster-noop"),
     # tests/faults/: decisions with their counts, a header-keyed route, a process's memory.

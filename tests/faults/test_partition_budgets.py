@@ -57,9 +57,14 @@ BURST, STEP = 75, PROCESSES
 CUTS = ("promised", "counted", "far")
 PROMISES_LAPSE = 1.2
 FAR = 30
-# Budget mode's slack (docs/budgets.md, skewed load: L + n): the largest remainder
-# rounding and the floors can hand one hit each to every process between two pictures.
-SLACK = PROCESSES
+# Budget mode's margin, the one issue 11's targets give every load (at most 103, plus
+# one per process, for a limit of 100; docs/budgets.md): one hit per process for the
+# largest-remainder rounding and the floors, and 3 for what two pictures a round apart
+# disagree on. Here that is the moment P's promise lapses: budgets refuse, refused hits
+# are not counted, the connected side's observed rate falls, and one of them may decide
+# on totals for a round while the other still holds a share. Measured 0 to 3 over
+# L - c_P on a quiet machine, 5 once under CI's load.
+SLACK = 3 + PROCESSES
 
 
 def plan_of(server: Any, key: str) -> dict[str, int] | None:

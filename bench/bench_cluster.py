@@ -58,6 +58,7 @@ from workers import Worker, emit, redis_info, setup_django  # noqa: E402
 
 from django_dratelimit.local.scopes import window_offset  # noqa: E402
 from tests.cluster import LOOPBACK, DemoServer, RedisServer, load, wait_for  # noqa: E402
+from tests.helpers import fresh_window, server_env  # noqa: E402
 
 NODES = 3
 DEFAULT_INTERVAL = 0.05
@@ -348,16 +349,18 @@ def lag_sampler(run: LoadRun, baseline: int = 0, every: float = 0.05) -> Iterato
 # -- processes ------------------------------------------------------------------------
 
 
-def server_env(redis: RedisServer, interval: float, layer: str, rate: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": redis.url,
-        "DEMO_CLUSTER_RATE": rate,
-        "DRATELIMIT_SYNC_INTERVAL": repr(interval),
-        "DRATELIMIT_ANTI_ENTROPY": repr(ANTI_ENTROPY),
-        "DRATELIMIT_LAYER": layer,  # "core" or "pubsub" (the demo default)
-        "DRATELIMIT_STARTUP_SYNC_WAIT": "0",
-        "DJANGO_DEBUG": "0",
-    }
+def bench_env(redis: RedisServer, interval: float, layer: str, rate: str) -> dict[str, str]:
+    """The tests' server environment, with the defaults a deployment runs: budgets on."""
+    return server_env(
+        redis.url,
+        layer,  # "core" or "pubsub" (the demo default)
+        rate,
+        DRATELIMIT_SYNC_INTERVAL=repr(interval),
+        DRATELIMIT_ANTI_ENTROPY=repr(ANTI_ENTROPY),
+        DRATELIMIT_BUDGETS="1",
+        DRATELIMIT_STARTUP_SYNC_WAIT="0",
+        DJANGO_DEBUG="0",
+    )
 
 
 class Cluster:
@@ -381,7 +384,7 @@ class Cluster:
     def start_servers(self, interval: float, layer: str, rate: str) -> list[DemoServer]:
         """Three uvicorn servers (one worker each), started in parallel."""
         self.fresh_redis()
-        env = server_env(self.redis, interval, layer, rate)
+        env = bench_env(self.redis, interval, layer, rate)
         servers = [DemoServer("uvicorn", env) for _ in range(NODES)]
         self.servers.extend(servers)  # registered first: a failed start is still stopped
         with ThreadPoolExecutor(NODES) as pool:
@@ -395,7 +398,7 @@ class Cluster:
 
     def start_workers(self, interval: float, layer: str) -> list[Worker]:
         self.fresh_redis()
-        env = server_env(self.redis, interval, layer, TRAFFIC_RATE)
+        env = bench_env(self.redis, interval, layer, TRAFFIC_RATE)
         workers = []
         for _ in range(NODES):
             workers.append(Worker(Path(__file__), env))
@@ -795,25 +798,14 @@ class Accuracy:
         }
 
 
-def fresh_window(period: int, needed: float) -> float:
-    """Sleep to the next window if fewer than ``needed`` seconds of this one are left.
-
-    The window of the shared key that @ratelimit counts: staggered by its offset.
-    """
-    left = period - (time.time() - window_offset(GROUP, KEY, period)) % period
-    if left >= needed:
-        return 0.0
-    time.sleep(left + 0.05)
-    return left + 0.05
-
-
 def accuracy(
     cluster: Cluster, layer: str, interval: float, mode: Mode, staleness: float | None
 ) -> Accuracy:
     servers = cluster.start_servers(interval, layer, ACCURACY_RATE)
     try:
         warm(servers)
-        waited = fresh_window(60, mode.window_needed_s)
+        # The window of the shared key that @ratelimit counts: staggered by its offset.
+        waited = fresh_window(GROUP, KEY, 60, mode.window_needed_s)
         run = LoadRun(servers)
         with lag_sampler(run) as lag:
             result = run.burst(mode.accuracy_requests, threads=6)

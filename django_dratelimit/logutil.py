@@ -23,3 +23,12 @@ def log_throttled(
         _last[reason] = now
     logger.log(level, msg, *args, exc_info=exc_info)
     return True
+
+
+def forget(reason: str | None = None) -> None:
+    """Forget when ``reason`` (every reason, if None) was last logged: it logs at once next."""
+    with _lock:
+        if reason is None:
+            _last.clear()
+        else:
+            _last.pop(reason, None)

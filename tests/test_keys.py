@@ -51,9 +51,9 @@ NOT_CALLABLE = 17
 
 
 @pytest.fixture(autouse=True)
-def _unthrottled_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+def _unthrottled_logs() -> None:
     """Each test sees a key-function error logged, whatever earlier tests logged."""
-    monkeypatch.setattr(logutil, "_last", {})
+    logutil.forget()
 
 
 def _request(rf: RequestFactory, remote_addr: str | None = "203.0.113.7", **meta: Any) -> Any:

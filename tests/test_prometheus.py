@@ -293,7 +293,7 @@ def test_a_broken_part_leaves_the_rest_of_the_scrape(
         raise RuntimeError("settings are broken")
 
     monkeypatch.setattr(prometheus, "get_limiter", broken)
-    monkeypatch.setattr(logutil, "_last", {})
+    logutil.forget()
     decisions.count("still-here", False)
     with caplog.at_level(logging.ERROR, logger="django_dratelimit"):
         samples = scrape()

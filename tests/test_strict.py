@@ -27,8 +27,8 @@ from tests.strict_caches import BUCKET, DJANGO_BUILTIN, DJANGO_REDIS, START, red
 
 
 @pytest.fixture(autouse=True)
-def _fresh_log_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logutil, "_last", {})
+def _fresh_log_throttle() -> None:
+    logutil.forget()
 
 
 @pytest.fixture(params=[DJANGO_REDIS, DJANGO_BUILTIN], ids=["django-redis", "django"])

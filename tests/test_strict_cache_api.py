@@ -29,8 +29,8 @@ from tests.strict_caches import BUCKET, START
 
 
 @pytest.fixture(autouse=True)
-def _fresh_log_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logutil, "_last", {})
+def _fresh_log_throttle() -> None:
+    logutil.forget()
 
 
 # -- other backends: incr() and add() --------------------------------------------------------

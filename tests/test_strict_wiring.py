@@ -77,7 +77,7 @@ def test_redis_down_follows_strict_fail_open(
 ) -> None:
     from django_dratelimit import logutil
 
-    logutil._last.clear()  # the outage is logged once per 30 s: start afresh
+    logutil.forget()  # the outage is logged once per 30 s: start afresh
     with override_settings(
         CACHES=redis_cache(redis_db.url),
         DRATELIMIT={"STRICT_CACHE": "strict", "STRICT_FAIL_OPEN": fail_open},

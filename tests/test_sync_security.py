@@ -78,7 +78,7 @@ async def test_an_unsigned_v1_message_is_dropped_and_logged_once(
 ) -> None:
     from django_dratelimit import logutil
 
-    logutil._last.pop("sync-v1", None)
+    logutil.forget("sync-v1")
     node = await cluster.add()
     key = bucket()
     node.store.add(key, 3, time.time())

@@ -266,7 +266,7 @@ def test_bad_settings_fail_limited_routes_only(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(logutil, "_last", {})  # no throttling left over from other tests
+    logutil.forget()  # no throttling left over from other tests
     set_limiter(None)
     with override_settings(DRATELIMIT={"MAX_KEYS": "many"}):  # checks do not run in servers
         response = client.get("/no-such-page/")

@@ -26,6 +26,7 @@ class Metrics:
     messages_received: int = 0
     buckets_received: int = 0
     merges: int = 0
+    replans: int = 0  # passes for new budgets: one per wake-up that changed buckets
     resets_applied: int = 0
     own_messages: int = 0
     duplicates: int = (

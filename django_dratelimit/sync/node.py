@@ -33,6 +33,7 @@ from .layers import close_layer, is_idle_timeout, is_undecodable, raise_if_cance
 from .metrics import Metrics
 from .outbox import Outbox
 from .peers import Peers
+from .replans import Replans
 from .rounds import Rounds
 
 logger = logging.getLogger("django_dratelimit")
@@ -86,6 +87,7 @@ class SyncNode:
         self.outbox = Outbox(self)
         self.handlers = Handlers(self)
         self.rounds = Rounds(self)
+        self.replans = Replans(self._replan)
         self.degraded = False  # cut off from the broker: recovering
         self._failures = 0
 
@@ -154,7 +156,13 @@ class SyncNode:
         self.rebudget(e[:4] for e in entries)
 
     def rebudget(self, bucket_keys: Iterable[BucketKey]) -> None:
+        """New budgets for these buckets, once the messages read with this one are in."""
         if self.budgets and self.members:
+            self.replans.add(bucket_keys)
+
+    def _replan(self, bucket_keys: set[BucketKey]) -> None:
+        self.metrics.replans += 1
+        if self.members:
             round_time = self.effective_interval + LATENCY_ALLOWANCE
             self.store.rebudget(
                 bucket_keys, self.members, self.clock(), round_time, self.budget_headroom

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import pytest
 from channels.layers import InMemoryChannelLayer
 
+from django_dratelimit import logutil
 from django_dratelimit.local.store import BucketKey, CounterStore
 from django_dratelimit.sync import protocol
 from django_dratelimit.sync.node import SyncNode
@@ -72,3 +74,22 @@ async def test_a_rounds_messages_from_every_peer_make_one_new_budget(
     levels = store.planned(time.time())[key]
     assert sum(levels.values()) <= 100
     assert set(levels) == {"me", *PEERS}
+
+
+def test_a_failing_plan_is_logged_and_the_next_one_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    planned: list[set[BucketKey]] = []
+
+    def plan(bucket_keys: set[BucketKey]) -> None:
+        planned.append(bucket_keys)
+        if len(planned) == 1:
+            raise RuntimeError("a bug")
+
+    logutil.forget("replan")
+    replans = Replans(plan)
+    with caplog.at_level(logging.ERROR, logger="django_dratelimit"):
+        replans.add([bucket()])
+    assert "new budgets failed" in caplog.text
+    replans.add([bucket()])
+    assert len(planned) == 2

@@ -12,9 +12,11 @@ messages. At ``n`` processes a bucket counted everywhere was planned up to
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 
 from ..local.store import BucketKey
+from ..logutil import log_throttled
 
 
 class Replans:
@@ -42,5 +44,11 @@ class Replans:
         """Plan every pending bucket now."""
         self._scheduled = False
         pending, self._pending = self._pending, set()
-        if pending:
+        if not pending:
+            return
+        try:
             self._plan(pending)
+        except Exception:  # a bug, not bad input (messages are checked before the merge)
+            # Logged, not raised: from a loop callback it would only reach asyncio's
+            # handler. The buckets keep their last budgets until the next picture.
+            log_throttled("replan", logging.ERROR, "dratelimit: new budgets failed", exc_info=True)

@@ -211,6 +211,19 @@ class DemoServer:
         Path(self.log.name).unlink(missing_ok=True)
 
 
+def meet(nodes: list[DemoServer], timeout: float = 10) -> None:
+    """Let every process join (each joins at its first request) and know all the others."""
+    for _ in range(3):
+        for node in nodes:
+            node.get("/cluster/noop/")
+    others = len(nodes) - 1
+    wait_for(
+        lambda: all((n.state()["sync"] or {}).get("peers") == others for n in nodes),
+        timeout,
+        "every process to know the others",
+    )
+
+
 def load(
     servers: Iterable[DemoServer], total: int, path: str = "/cluster/hit/", threads: int = 6
 ) -> dict[str, int]:

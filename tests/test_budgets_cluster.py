@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cluster import DemoServer, RedisServer, load, wait_for
+from tests.cluster import DemoServer, RedisServer, load, meet, wait_for
 from tests.test_cluster import servers  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.cluster
@@ -44,14 +44,7 @@ def budget_env(redis: RedisServer) -> dict[str, str]:
 
 def started(redis: RedisServer, servers: Callable[..., DemoServer]) -> list[DemoServer]:  # noqa: F811
     nodes = [servers("uvicorn", budget_env(redis)) for _ in range(PROCESSES)]
-    for _ in range(3):  # every process joins at its first request; let them meet
-        for node in nodes:
-            node.get("/cluster/noop/")
-    wait_for(
-        lambda: all((n.state()["sync"] or {}).get("peers") == PROCESSES - 1 for n in nodes),
-        10,
-        "every process to know the others",
-    )
+    meet(nodes)
     left = 60 - time.time() % 60  # the burst in one window
     if left < 15:
         time.sleep(left + 0.1)

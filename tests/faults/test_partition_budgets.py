@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import RedisServer, wait_for
+from tests.cluster import RedisServer, meet, wait_for
 from tests.faults.conftest import (
     LATENCY_ALLOWANCE,
     SYNC_INTERVAL,
@@ -96,14 +96,7 @@ def partition(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
         cut_off = fleet("uvicorn", server_env(proxy.url, **env))
         others = [fleet("uvicorn", server_env(redis.url, **env)) for _ in range(PROCESSES - 1)]
         nodes = [cut_off, *others]
-        for _ in range(3):  # every process joins at its first request; let them meet
-            for node in nodes:
-                node.get("/cluster/noop/")
-        wait_for(
-            lambda: all((n.state()["sync"] or {}).get("peers") == PROCESSES - 1 for n in nodes),
-            10,
-            "every process to know the others",
-        )
+        meet(nodes)
         # A window that has just begun: the scenario takes about 20 s of it, and the
         # observed rate (count / time the window has run) is high after the burst.
         key = fresh_key(ACC_GROUP, 60, needed=57)

@@ -96,7 +96,8 @@ class Decider:
             stored, start = key, window_start(now, rate.period)
         else:
             stored, start = bucket(group, key, rate.limit, rate.period, now, scope, stagger)
-        return self.count_window(group, key, stored, start, rate, algorithm, cost, name, now)
+        end = float(start + rate.period)
+        return self.count_window(group, key, stored, start, end, rate, algorithm, cost, name, now)
 
     def count_window(
         self,
@@ -104,6 +105,7 @@ class Decider:
         key: str,
         stored: str,
         start: int,
+        end: float,
         rate: Rate,
         algorithm: str,
         cost: int,
@@ -111,6 +113,9 @@ class Decider:
         now: float,
     ) -> Usage:
         """Count ``cost`` hits in the window of ``stored`` (the key as stored) from ``start``.
+
+        ``end`` is ``start + rate.period``, as a float where the caller keeps one: the
+        time left is then float arithmetic rather than an epoch-sized integer's.
 
         A compiled limit (``limits.py``) calls it directly, having found the
         window itself; the caller has checked ``sync_checked``.
@@ -125,7 +130,7 @@ class Decider:
                 if current < 0:
                     return over_budget(group, key, limit, period, now, algorithm, name)
             # window_usage()'s fixed window, built here: this runs on every request.
-            time_left = start + period - now
+            time_left = end - now
             return _new_usage(
                 Usage,
                 (
@@ -136,7 +141,7 @@ class Decider:
                     period,
                     current > limit,
                     time_left,
-                    now + time_left,
+                    end,
                     algorithm,
                     name,
                     (),
@@ -178,7 +183,7 @@ class Decider:
             usages = []
             for rate in rates:
                 _, start = bucket(group, key, rate.limit, rate.period, now, None, stagger)
-                end = start + rate.period
+                end = float(start + rate.period)
                 usages.append(
                     new_usage(
                         group,

@@ -61,9 +61,9 @@ def record(request: HttpRequest, usage: Usage) -> None:
     """Remember a usage on the request: the response headers are built from it."""
     usages: list[Usage] | None = getattr(request, USAGES_ATTR, None)
     if usages is None:
-        usages = []
-        setattr(request, USAGES_ATTR, usages)
-    usages.append(usage)
+        setattr(request, USAGES_ATTR, [usage])
+    else:
+        usages.append(usage)
     request.limited = getattr(request, "limited", False) or usage.should_limit  # type: ignore[attr-defined]
 
 

@@ -16,7 +16,6 @@ importable from here too, as they always were.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .conf import conf
 from .decide import Clock, Decider, over_budget
 from .hit_rates import SINGLE_RATES, hit_rates
-from .local.algorithms import FIXED_WINDOW
+from .local.algorithms import FIXED_WINDOW, Edges, window_edges
 from .local.store import CounterStore
 from .registry import known_periods, known_scopes, strict_groups
 from .strict.counter import StrictUnavailable, StrictUnsupported, get_strict_counter
@@ -68,6 +67,8 @@ class Limiter(Decider):
         self.sync_checked = not sync
         self._fast = False
         self._update_fast()
+        # period -> the current epoch-aligned window (see window_edges), for hit().
+        self._windows: dict[int, Edges] = {}
         self._sync_lock = threading.Lock()
 
     def _update_fast(self) -> None:
@@ -102,10 +103,11 @@ class Limiter(Decider):
             return self._hit(group, key, rate, algorithm, cost, name, consistency)
         period, limit = single
         now = self.clock()
-        seconds = _floor(now)  # algorithms.window_start(), inlined
-        start = seconds - seconds % period
+        window = self._windows.get(period)
+        if window is None or not window[1] <= now < window[2]:
+            window = self._windows[period] = window_edges(now, period)
+        start, _begins, end = window
         current = self._add((group, key, period, start), cost, now, limit)
-        end = start + period
         if current < 0:
             return over_budget(group, key, limit, period, now, FIXED_WINDOW, name)
         return _new_usage(
@@ -221,7 +223,6 @@ class Limiter(Decider):
 
 
 _new_usage = tuple.__new__
-_floor = math.floor
 
 
 def __getattr__(name: str) -> Any:

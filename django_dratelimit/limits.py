@@ -19,14 +19,17 @@ from .choices import validate_choice
 from .conf import conf, on_clear
 from .costs import compile_cost, resolve_cost
 from .decisions import count as count_decision
-from .keys import KeyFunc, compile_key, key_value
-from .local.algorithms import EVENTUAL, FIXED_WINDOW, SLIDING_WINDOW, window_start
+from .keys import KeyFunc, request_key
+from .local.algorithms import EVENTUAL, FIXED_WINDOW, SLIDING_WINDOW, window_edges
 from .local.scopes import DJANGO_RATELIMIT_ALL, method_scope, scoped_key, window_offset
 from .process import get_limiter
 from .rates import Rate, is_dynamic, parse_rate, resolve_rate
 from .usage import Usage
 
 Method = str | Sequence[str] | None
+# What a window limit knows of a key: (the key as stored, its window offset, and its
+# window: the start, then the start and end as floats; see window_edges).
+KnownWindow = tuple[str, int, int, float, float]
 
 
 def is_path(spec: object) -> bool:
@@ -58,6 +61,7 @@ class Limit:
         "_policy",
         "_rates",
         "_stored",
+        "_stored_under",
         "_window",
         "algorithm",
         "block",
@@ -92,7 +96,7 @@ class Limit:
         self.methods = method_set(method)
         # Counted apart per methods, as django-ratelimit does (scopes.py).
         self.scope = method_scope(method)
-        self._key_func: KeyFunc | None = None if is_path(key) else compile_key(key)
+        self._key_func: KeyFunc | None = None if is_path(key) else request_key(key)
         # None for a dynamic rate: resolved per request.
         self._rates: tuple[Rate, ...] | None = None
         if not is_dynamic(rate):
@@ -104,10 +108,11 @@ class Limit:
             rate = self._rates[0]
             suffix = scoped_key("", rate.limit, rate.period, self.scope)
             self._window = (rate, rate.period, suffix)
-        # key value -> (the key as stored, its window offset), for a window limit: a
-        # lookup costs less than a CRC-32 and a new string per request, whose hash
-        # the store's dict would compute again.
-        self._stored: dict[str, tuple[str, int]] = {}
+        # key value -> what a window limit knows of it (KnownWindow): a lookup and two
+        # float comparisons cost less than a CRC-32, a new string and a window_start()
+        # per request.
+        self._stored: dict[str, KnownWindow] = {}
+        self._stored_under: tuple[bool, bool] | None = None  # the settings they were made with
 
     def usage(self, request: HttpRequest, count: bool = True) -> Usage | None:
         """The usage on this request, counting the cost if ``count``; None if no limit applies.
@@ -118,7 +123,8 @@ class Limit:
         """
         # Every request of every limited view runs this: each step is measured
         # (bench/bench_local.py), locals over attribute chains, positional calls.
-        enabled, stagger = _settings or _read_settings()
+        settings = _settings or _read_settings()
+        enabled, stagger = settings
         if not enabled:
             return None
         methods = self.methods
@@ -131,7 +137,7 @@ class Limit:
                 return None
         elif not rates:
             return None
-        value = key_value(self._key_func or self._compile_key(), self.group, request)
+        value = (self._key_func or self._compile_key())(self.group, request)
         if value is None:
             return None
         if not count:
@@ -144,16 +150,19 @@ class Limit:
         algorithm = self.algorithm or limiter.algorithm
         window = self._window
         if window is not None and algorithm in _WINDOWS and limiter.sync_checked:
-            # What check() -> bucket() does, with the scope's part of the key made once.
-            rate, period, suffix = window
-            stored, offset = self._stored.get(value) or self._store_key(value, period, suffix)
+            # What check() -> bucket() does, from what this limit knows of the key.
             now = limiter.clock()
+            # None after a settings change too: STAGGER_WINDOWS may have changed.
+            known = self._stored.get(value) if self._stored_under is settings else None
+            if known is None or not known[3] <= now < known[4]:
+                known = self._know(value, now, settings)
             usage = limiter.count_window(
                 self.group,
                 value,
-                stored,
-                window_start(now, period, offset if stagger else 0),
-                rate,
+                known[0],
+                known[2],
+                known[4],
+                window[0],
                 algorithm,
                 cost,
                 self.name,
@@ -176,16 +185,26 @@ class Limit:
         return usage
 
     def _compile_key(self) -> KeyFunc:
-        key_func = self._key_func = compile_key(self.key)  # a dotted path: imported once
+        key_func = self._key_func = request_key(self.key)  # a dotted path: imported once
         return key_func
 
-    def _store_key(self, value: str, period: int, suffix: str) -> tuple[str, int]:
-        """The key as stored and its window offset, for a window limit (``_window``)."""
+    def _know(self, value: str, now: float, settings: tuple[bool, bool]) -> KnownWindow:
+        """What a window limit keeps of a key: its stored key, offset and current window."""
         stored = self._stored
-        if len(stored) >= MAX_STORED_KEYS:
-            stored.clear()  # bounded: a crawler's many addresses would grow it without end
-        # scoped_key(value, limit, period, scope), and the offset for STAGGER_WINDOWS.
-        known = stored[value] = (value + suffix, window_offset(self.group, value, period))
+        if self._stored_under is not settings:
+            stored.clear()
+            self._stored_under = settings
+        _rate, period, suffix = self._window  # type: ignore[misc]  # a window limit's
+        known = stored.get(value)
+        if known is not None:
+            key, offset = known[0], known[1]
+        else:
+            if len(stored) >= MAX_STORED_KEYS:
+                stored.clear()  # bounded: a crawler's many addresses would grow it without end
+            # scoped_key(value, limit, period, scope), and the offset for STAGGER_WINDOWS.
+            key, offset = value + suffix, window_offset(self.group, value, period)
+        window = window_edges(now, period, offset if settings[1] else 0)
+        known = stored[value] = (key, offset, *window)
         return known
 
     def _resolve_cost(self, request: HttpRequest) -> int:

@@ -50,11 +50,12 @@ def mask_ip(address: str, ipv4_mask: int, ipv6_mask: int) -> str | None:
 
 
 AddressReader: TypeAlias = Callable[[HttpRequest], str]
+IpKeyReader: TypeAlias = Callable[[HttpRequest], "str | None"]
 MAX_MASKED = 4096  # addresses whose masked form is kept, per settings
 # client_ip() compiled from the settings, on first use after each settings change:
 # reading three settings per request cost about a third of an ``ip`` key.
 _address_reader: AddressReader | None = None
-_ip_reader: Callable[[HttpRequest], str | None] | None = None
+_ip_reader: IpKeyReader | None = None
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -62,10 +63,11 @@ def client_ip(request: HttpRequest) -> str:
 
     Raises MissingClientAddress when there is none to be had (see the module doc).
     """
-    return (_address_reader or _compile_address_reader())(request)
+    return (_address_reader or _compile_readers()[0])(request)
 
 
-def _compile_address_reader() -> AddressReader:
+def _compile_readers() -> tuple[AddressReader, IpKeyReader]:
+    """client_ip()'s reader, and the ip key's."""
     global _address_reader, _ip_reader
     source = conf.IP_META_KEY
     # A request.META key (REMOTE_ADDR, or a header), else ``read``: a callable.
@@ -110,13 +112,13 @@ def _compile_address_reader() -> AddressReader:
             masks[raw] = masked
         return masked
 
-    _address_reader = reader
     # The ip key's: an IP_META_KEY callable that raises is logged, the request not counted.
-    _ip_reader = reader if read is None else _logging_errors(reader)
-    return reader
+    ip_reader = reader if read is None else _logging_errors(reader)
+    _address_reader, _ip_reader = reader, ip_reader
+    return reader, ip_reader
 
 
-def _logging_errors(reader: AddressReader) -> Callable[[HttpRequest], str | None]:
+def _logging_errors(reader: AddressReader) -> IpKeyReader:
     """What ``keys.key_value`` does for other keys, for the ``ip`` key, called without it."""
 
     def logged(request: HttpRequest) -> str | None:
@@ -158,6 +160,4 @@ def _no_address(where: str, raw: object) -> str:
 
 def ip_key(group: str, request: HttpRequest) -> str | None:
     """The ``ip`` key: ``client_ip``, but a raising IP_META_KEY callable is logged, not raised."""
-    if _ip_reader is None:
-        _compile_address_reader()
-    return _ip_reader(request)  # type: ignore[misc]  # compiled just now
+    return (_ip_reader or _compile_readers()[1])(request)

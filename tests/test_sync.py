@@ -191,6 +191,23 @@ async def test_late_joiner_gets_each_origin_once(cluster: Cluster) -> None:
     assert late.metrics.buckets_received == 2
 
 
+async def test_what_a_joiner_counted_before_its_loop_ran_goes_out_in_its_first_round(
+    cluster: Cluster,
+) -> None:
+    peer = await cluster.add()
+    store = CounterStore()
+    # start_sync() turns tracking on before the thread's loop runs, and the request
+    # that started it counts at once: nothing is there yet to wake for that hit.
+    store.track_dirty = True
+    key = bucket()
+    store.add(key, 3, time.time())
+    node = SyncNode(store, cluster.layer, groups=[GROUP], keys=TEST_KEYS, interval=0.005)
+    cluster.nodes.append(node)
+    cluster.tasks.append(asyncio.ensure_future(node.run()))
+    # The next heartbeat is ANTI_ENTROPY_INTERVAL (5 s) away; a round is 5 ms.
+    await eventually(lambda: peer.store.total(key) == 3, within=2.0)
+
+
 async def test_a_departed_origin_reaches_a_joiner_through_one_relay(cluster: Cluster) -> None:
     first, second, third = await cluster.add(), await cluster.add(), await cluster.add()
     key = bucket()

@@ -42,6 +42,10 @@ class SnapshotStore:
                     entries.append(self._entry(bucket_key, bucket))
             return entries
 
+    def has_changes(self) -> bool:
+        """Whether hits or resets wait for the next round (queued before anything woke it)."""
+        return bool(self._dirty or self._pending_resets)
+
     def mark_dirty(self, bucket_keys: Iterable[BucketKey]) -> None:
         """Put keys back (a send failed), so the next round retries them."""
         with self._lock:

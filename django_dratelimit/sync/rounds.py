@@ -39,6 +39,11 @@ class Rounds:
         self.loop = loop
         store.track_dirty = True
         store.on_dirty = self.wake_threadsafe
+        # What was queued before on_dirty was set woke nobody (the first request
+        # starts this thread and counts at once): it is this round's, not the
+        # heartbeat's. A change made after the line above wakes the loop itself.
+        if store.has_changes():
+            self.start_round()
         if self.node.interval == 0:
             self.hits = asyncio.Queue()
             store.on_hit = self.queue_hit
